@@ -1,0 +1,137 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// AllowedTargets lists where a module may connect, and so where its
+// credentials may be sent. Entries are "*", a host name, host:port, an IP
+// address (optionally with a port: "192.0.2.1:587", "[2001:db8::1]:587") or a
+// CIDR prefix. A host name entry admits that name whatever it resolves to; an
+// address or prefix entry is checked against the address actually dialled, so
+// a name that resolves somewhere unexpected does not slip through.
+type AllowedTargets []string
+
+type targetRule struct {
+	any    bool
+	host   string // lower case, without trailing dot; empty for address rules
+	prefix netip.Prefix
+	port   int // 0: any port
+}
+
+func parseTargetRule(entry string) (targetRule, error) {
+	e := strings.TrimSpace(entry)
+	if e == "" {
+		return targetRule{}, fmt.Errorf("empty entry")
+	}
+	if e == "*" {
+		return targetRule{any: true}, nil
+	}
+	if p, err := netip.ParsePrefix(e); err == nil {
+		return targetRule{prefix: p.Masked()}, nil
+	}
+	if a, err := netip.ParseAddr(e); err == nil {
+		return targetRule{prefix: netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())}, nil
+	}
+	host, port := e, 0
+	if h, p, err := net.SplitHostPort(e); err == nil {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return targetRule{}, fmt.Errorf("%q: invalid port %q", entry, p)
+		}
+		host, port = h, n
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		return targetRule{prefix: netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), port: port}, nil
+	}
+	if !isValidHostName(host) {
+		return targetRule{}, fmt.Errorf("%q is not a host name, host:port, IP address or CIDR prefix", entry)
+	}
+	return targetRule{host: normalizeHost(host), port: port}, nil
+}
+
+func normalizeHost(h string) string {
+	return strings.TrimSuffix(strings.ToLower(h), ".")
+}
+
+// TargetRestricted reports whether the module limits its targets at all.
+func (s *SMTPProbe) TargetRestricted() bool {
+	return len(s.allowed) > 0
+}
+
+// AllowsHost reports whether a target given by name (or address literal) and
+// port is admitted by a "*", host name or address entry. It needs no DNS.
+func (s *SMTPProbe) AllowsHost(host string, port int) bool {
+	if len(s.allowed) == 0 {
+		return true
+	}
+	h := normalizeHost(host)
+	addr, addrErr := netip.ParseAddr(h)
+	for _, r := range s.allowed {
+		if r.port != 0 && r.port != port {
+			continue
+		}
+		switch {
+		case r.any:
+			return true
+		case r.host != "" && r.host == h:
+			return true
+		case r.host == "" && addrErr == nil && r.prefix.Contains(addr.Unmap()):
+			return true
+		}
+	}
+	return false
+}
+
+// AllowsAddr reports whether the address about to be dialled is admitted by
+// an address or prefix entry.
+func (s *SMTPProbe) AllowsAddr(addr netip.Addr, port int) bool {
+	if len(s.allowed) == 0 {
+		return true
+	}
+	for _, r := range s.allowed {
+		if r.port != 0 && r.port != port {
+			continue
+		}
+		if r.any || (r.host == "" && r.prefix.Contains(addr.Unmap())) {
+			return true
+		}
+	}
+	return false
+}
+
+// isValidHostName accepts DNS names made of letters, digits, '-', '_' and
+// dots, as used for SMTP servers.
+func isValidHostName(h string) bool {
+	h = strings.TrimSuffix(h, ".")
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, c := range label {
+			ok := c == '-' || c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+			if !ok {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// isValidEHLOName accepts a host name or an address literal ("[192.0.2.1]",
+// "[IPv6:2001:db8::1]"), the forms RFC 5321 allows after EHLO.
+func isValidEHLOName(s string) bool {
+	if strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") {
+		inner := strings.TrimPrefix(s[1:len(s)-1], "IPv6:")
+		_, err := netip.ParseAddr(inner)
+		return err == nil
+	}
+	return isValidHostName(s)
+}

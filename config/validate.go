@@ -1,0 +1,308 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"mime"
+	"net/mail"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// fieldError is a validation error for one field, located by its path of
+// YAML keys (and sequence indexes) so that Load can name its line.
+type fieldError struct {
+	path []string
+	msg  string
+}
+
+func (e *fieldError) Error() string {
+	return strings.Join(e.path, ".") + ": " + e.msg
+}
+
+func fieldErr(path []string, format string, args ...any) error {
+	return &fieldError{path: slices.Clone(path), msg: fmt.Sprintf(format, args...)}
+}
+
+// withLine turns a fieldError into "line N: path: reason" by looking the
+// path up in the document.
+func withLine(data []byte, err error) error {
+	var fe *fieldError
+	if !errors.As(err, &fe) {
+		return err
+	}
+	var doc yaml.Node
+	if yaml.Unmarshal(data, &doc) != nil {
+		return err
+	}
+	if line := lineOf(&doc, fe.path); line > 0 {
+		return fmt.Errorf("line %d: %w", line, err)
+	}
+	return err
+}
+
+// lineOf returns the line of the deepest node along path that exists.
+func lineOf(n *yaml.Node, path []string) int {
+	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	line := n.Line
+	for _, key := range path {
+		var next *yaml.Node
+		switch n.Kind {
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				if n.Content[i].Value == key {
+					line = n.Content[i].Line
+					next = n.Content[i+1]
+					break
+				}
+			}
+		case yaml.SequenceNode:
+			if i, err := strconv.Atoi(key); err == nil && i >= 0 && i < len(n.Content) {
+				next = n.Content[i]
+				line = next.Line
+			}
+		}
+		if next == nil {
+			return line
+		}
+		n = next
+	}
+	return line
+}
+
+// validate checks every module and fills in derived fields. It stops at the
+// first error so that the message is about one thing.
+func (c *Config) validate() error {
+	if len(c.Modules) == 0 {
+		return errors.New("no modules defined")
+	}
+	names := make([]string, 0, len(c.Modules))
+	for name := range c.Modules {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		m := c.Modules[name]
+		if err := m.validate([]string{"modules", name}); err != nil {
+			return err
+		}
+		c.Modules[name] = m
+	}
+	return nil
+}
+
+func (m *Module) validate(path []string) error {
+	if name := path[len(path)-1]; name == "" || hasCRLF(name) {
+		return fieldErr(path, "invalid module name %q", name)
+	}
+	if m.Timeout <= 0 {
+		return fieldErr(append(path, "timeout"), "must be greater than 0")
+	}
+	return m.SMTP.validate(append(path, "smtp"))
+}
+
+func (s *SMTPProbe) validate(path []string) error {
+	switch s.TLS {
+	case TLSNone, TLSStartTLS, TLSImplicit:
+	default:
+		return fieldErr(append(path, "tls"), "must be one of none, starttls, implicit; got %q", s.TLS)
+	}
+	if s.Port < 0 || s.Port > 65535 {
+		return fieldErr(append(path, "port"), "must be between 1 and 65535, got %d", s.Port)
+	}
+	if !isValidEHLOName(s.EHLO) {
+		return fieldErr(append(path, "ehlo"), "%q is not a host name or address literal", s.EHLO)
+	}
+	switch s.PreferredIPProtocol {
+	case "ip4", "ip6":
+	default:
+		return fieldErr(append(path, "preferred_ip_protocol"), "must be ip4 or ip6, got %q", s.PreferredIPProtocol)
+	}
+	if s.SourceIPAddress != "" {
+		if _, err := netip.ParseAddr(s.SourceIPAddress); err != nil {
+			return fieldErr(append(path, "source_ip_address"), "%q is not an IP address", s.SourceIPAddress)
+		}
+	}
+	if err := s.TLSConfig.Validate(); err != nil {
+		return fieldErr(append(path, "tls_config"), "%v", err)
+	}
+	if s.TLSConfig.MaxVersion != 0 && s.TLSConfig.MinVersion > s.TLSConfig.MaxVersion {
+		return fieldErr(append(path, "tls_config", "min_version"), "must not be greater than max_version")
+	}
+	s.allowed = nil
+	for i, entry := range s.AllowedTargets {
+		r, err := parseTargetRule(entry)
+		if err != nil {
+			return fieldErr(append(path, "allowed_targets", strconv.Itoa(i)), "%v", err)
+		}
+		s.allowed = append(s.allowed, r)
+	}
+	if s.Auth != nil {
+		if err := s.Auth.validate(append(path, "auth")); err != nil {
+			return err
+		}
+		if len(s.AllowedTargets) == 0 {
+			return fieldErr(append(path, "auth"), `a module with credentials must list the targets they may be sent to in allowed_targets (use "*" to allow any)`)
+		}
+	}
+	if s.Mail != nil {
+		return s.Mail.validate(append(path, "mail"))
+	}
+	return nil
+}
+
+func (a *Auth) validate(path []string) error {
+	mech := strings.ToUpper(a.Mechanism)
+	if mech == "AUTO" {
+		mech = MechanismAuto
+	}
+	if mech != MechanismAuto && !slices.Contains(SupportedMechanisms, mech) {
+		return fieldErr(append(path, "mechanism"), "unsupported mechanism %q (supported: auto, %s)", a.Mechanism, strings.Join(SupportedMechanisms, ", "))
+	}
+	a.Mechanism = mech
+	if a.Username == "" {
+		return fieldErr(append(path, "username"), "must be set")
+	}
+	if hasControl(a.Username) {
+		return fieldErr(append(path, "username"), "must not contain CR, LF or other control characters")
+	}
+	switch {
+	case a.Password != "" && a.PasswordFile != "":
+		return fieldErr(path, "set only one of password and password_file")
+	case a.Password == "" && a.PasswordFile == "":
+		return fieldErr(path, "one of password and password_file must be set")
+	}
+	if strings.ContainsRune(string(a.Password), 0) {
+		return fieldErr(append(path, "password"), "must not contain a NUL byte")
+	}
+	return nil
+}
+
+// generatedHeaders are written by the message builder and cannot be
+// overridden from the configuration.
+var generatedHeaders = []string{
+	"from", "to", "cc", "bcc", "date", "message-id", "subject", "reply-to",
+	"mime-version", "content-type", "content-transfer-encoding", "x-priority",
+	"auto-submitted", "x-smtp-exporter-probe-id",
+}
+
+func (m *Mail) validate(path []string) error {
+	if err := validateEnvelopeAddress(append(path, "from"), m.From); err != nil {
+		return err
+	}
+	if len(m.To)+len(m.Cc)+len(m.Bcc) == 0 {
+		return fieldErr(path, "at least one recipient in to, cc or bcc is required")
+	}
+	for _, list := range []struct {
+		key   string
+		addrs []string
+	}{{"to", m.To}, {"cc", m.Cc}, {"bcc", m.Bcc}} {
+		for i, a := range list.addrs {
+			if err := validateEnvelopeAddress(append(path, list.key, strconv.Itoa(i)), a); err != nil {
+				return err
+			}
+		}
+	}
+	return m.Message.validate(append(path, "message"))
+}
+
+func (m *Message) validate(path []string) error {
+	for _, f := range []struct{ key, value string }{
+		{"from_name", m.FromName}, {"subject", m.Subject},
+	} {
+		if hasControl(f.value) {
+			return fieldErr(append(path, f.key), "must not contain CR, LF or other control characters")
+		}
+	}
+	if m.ReplyTo != "" {
+		if hasControl(m.ReplyTo) {
+			return fieldErr(append(path, "reply_to"), "must not contain CR, LF or other control characters")
+		}
+		if _, err := mail.ParseAddress(m.ReplyTo); err != nil {
+			return fieldErr(append(path, "reply_to"), "%q is not an address: %v", m.ReplyTo, err)
+		}
+	}
+	if m.Priority < 0 || m.Priority > 5 {
+		return fieldErr(append(path, "priority"), "must be between 1 (highest) and 5 (lowest), got %d", m.Priority)
+	}
+	for name, value := range m.Headers {
+		if !isHeaderName(name) {
+			return fieldErr(append(path, "headers", name), "%q is not a valid header name", name)
+		}
+		if slices.Contains(generatedHeaders, strings.ToLower(name)) {
+			return fieldErr(append(path, "headers", name), "header %s is set by the exporter and cannot be overridden", name)
+		}
+		if hasControl(value) {
+			return fieldErr(append(path, "headers", name), "value must not contain CR, LF or other control characters")
+		}
+	}
+	if strings.TrimSpace(m.Body) == "" && strings.TrimSpace(m.HTMLBody) == "" {
+		return fieldErr(append(path, "body"), "body or html_body must be set")
+	}
+	for i, a := range m.Attachments {
+		p := append(path, "attachments", strconv.Itoa(i))
+		if a.Path == "" {
+			return fieldErr(append(p, "path"), "must be set")
+		}
+		if a.ContentType != "" {
+			if _, _, err := mime.ParseMediaType(a.ContentType); err != nil || hasControl(a.ContentType) {
+				return fieldErr(append(p, "content_type"), "%q is not a media type", a.ContentType)
+			}
+		}
+		if hasControl(a.Filename) || strings.ContainsAny(a.Filename, `"\/`) {
+			return fieldErr(append(p, "filename"), "must not contain control characters, quotes, slashes or backslashes")
+		}
+	}
+	return nil
+}
+
+// validateEnvelopeAddress accepts a bare RFC 5322 addr-spec in ASCII, which
+// is what MAIL FROM and RCPT TO carry without SMTPUTF8.
+func validateEnvelopeAddress(path []string, addr string) error {
+	if hasControl(addr) {
+		return fieldErr(path, "must not contain CR, LF or other control characters")
+	}
+	for _, r := range addr {
+		if r > 126 {
+			return fieldErr(path, "%q: non-ASCII addresses are not supported", addr)
+		}
+	}
+	parsed, err := mail.ParseAddress(addr)
+	if err != nil {
+		return fieldErr(path, "%q is not an address: %v", addr, err)
+	}
+	if parsed.Name != "" || parsed.Address != addr || strings.ContainsAny(addr, "<> ") {
+		return fieldErr(path, "%q must be a bare address such as probe@example.net", addr)
+	}
+	return nil
+}
+
+func hasCRLF(s string) bool { return strings.ContainsAny(s, "\r\n") }
+
+func hasControl(s string) bool {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
+// isHeaderName follows RFC 5322 field-name: printable ASCII except colon.
+func isHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		if r < 33 || r > 126 || r == ':' {
+			return false
+		}
+	}
+	return true
+}
