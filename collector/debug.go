@@ -1,0 +1,97 @@
+package collector
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"unicode"
+
+	"github.com/smtp-exporter/smtp_exporter/prober"
+)
+
+// Bounds on the transcript kept with a probe. The prober bounds what it
+// reads; these bound what the history holds per probe.
+const (
+	maxTranscriptLines = 500
+	maxTranscriptBytes = 64 << 10
+)
+
+// WriteDebug writes the probe's debug output, the text /probe returns with
+// debug=true and /logs shows later: the probe's log and SMTP transcript, the
+// metrics it returned and the module configuration it ran with.
+func (e *Entry) WriteDebug(w io.Writer) error {
+	var b strings.Builder
+	b.WriteString("Logs for the probe:\n")
+	b.WriteString(e.Log)
+	if e.Result != nil && len(e.Result.Transcript) > 0 {
+		b.WriteString("\nSMTP transcript (credentials replaced):\n")
+		writeTranscript(&b, e.Result.Transcript)
+	}
+	b.WriteString("\n\n\nMetrics that would have been returned:\n")
+	b.WriteString(e.Metrics)
+	b.WriteString("\n\n\nModule configuration:\n")
+	b.WriteString(e.ModuleConfig)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// writeTranscript renders the transcript one line per line, as
+// "[  0.012s] S: 220 ready".
+func writeTranscript(b *strings.Builder, lines []prober.TranscriptLine) {
+	for _, l := range lines {
+		fmt.Fprintf(b, "[%8.3fs] %s: %s\n", l.At.Seconds(), printable(string(l.Dir)), printable(l.Text))
+	}
+}
+
+// printable makes server-sent text safe to show on a terminal or in a
+// browser's text view: invalid UTF-8 is replaced and control characters are
+// written as escapes, so a server cannot forge log lines or send terminal
+// control sequences.
+func printable(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if !strings.ContainsFunc(s, isUnsafeRune) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case !isUnsafeRune(r):
+			b.WriteRune(r)
+		case r <= 0xff:
+			fmt.Fprintf(&b, "\\x%02x", r)
+		default:
+			fmt.Fprintf(&b, "\\u%04x", r)
+		}
+	}
+	return b.String()
+}
+
+func isUnsafeRune(r rune) bool {
+	return r != '\t' && (unicode.IsControl(r) || r == '\u2028' || r == '\u2029')
+}
+
+// boundResult returns r with its transcript cut to what the history may
+// hold, and a note where it was cut. r itself is not modified.
+func boundResult(r *prober.Result) *prober.Result {
+	if r == nil {
+		return nil
+	}
+	size, keep := 0, 0
+	for _, l := range r.Transcript {
+		if keep == maxTranscriptLines || size+len(l.Text) > maxTranscriptBytes {
+			break
+		}
+		size += len(l.Text)
+		keep++
+	}
+	if keep == len(r.Transcript) {
+		return r
+	}
+	bounded := *r
+	bounded.Transcript = append(r.Transcript[:keep:keep], prober.TranscriptLine{
+		At:   r.Transcript[keep].At,
+		Dir:  prober.Note,
+		Text: fmt.Sprintf("transcript truncated: %d more lines left out", len(r.Transcript)-keep),
+	})
+	return &bounded
+}

@@ -1,0 +1,333 @@
+package collector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/smtp-exporter/smtp_exporter/config"
+	"github.com/smtp-exporter/smtp_exporter/prober"
+)
+
+// ProbeFunc runs one probe. prober.Probe is the real one; tests pass fakes.
+type ProbeFunc func(ctx context.Context, target string, module config.Module, probeID string, logger *slog.Logger) *prober.Result
+
+// scrapeTimeoutHeader is where Prometheus says how long it will wait.
+const scrapeTimeoutHeader = "X-Prometheus-Scrape-Timeout-Seconds"
+
+// maxTargetLen bounds the target parameter: a host name is at most 253
+// bytes, and the target is kept in the history and shown on the pages.
+const maxTargetLen = 1024
+
+// HandlerOpts configures the /probe handler.
+type HandlerOpts struct {
+	// Config is the live configuration; each probe takes a snapshot of its
+	// module, so a reload never changes a probe under way.
+	Config *config.SafeConfig
+	// Logger is the process's logger; nil discards.
+	Logger *slog.Logger
+	// ProbeLogLevel is the level at which a probe's own log lines reach
+	// Logger (they are always kept in full for debug output). nil means
+	// debug, so that normal logs get one line per failed probe only.
+	ProbeLogLevel slog.Leveler
+	// TimeoutOffset is subtracted from the scrape timeout Prometheus
+	// announces, to leave time for the response (--timeout-offset).
+	TimeoutOffset time.Duration
+	// History receives every finished probe and numbers them; nil keeps no
+	// history.
+	History *History
+	// MaxConcurrent limits the probes running at once; 0 means no limit.
+	// A probe over the limit gets 503 at once rather than waiting, since
+	// Prometheus would time it out anyway.
+	MaxConcurrent int
+	// Probe runs a probe; nil means prober.Probe.
+	Probe ProbeFunc
+	// Registerer receives the exporter's own metrics about probing (for
+	// /metrics, never in a /probe response); nil registers them nowhere.
+	Registerer prometheus.Registerer
+}
+
+// Handler serves /probe: it checks the parameters, takes the module from the
+// live configuration, works out the timeout, runs the probe and returns its
+// metrics from a registry made for that probe. A failed probe is a 200 with
+// probe_success 0; 4xx answers only a bad request.
+type Handler struct {
+	config        *config.SafeConfig
+	logger        *slog.Logger
+	probeLogLevel slog.Level
+	timeoutOffset time.Duration
+	history       *History
+	probe         ProbeFunc
+	// slots is a semaphore of MaxConcurrent tokens, nil when unlimited.
+	// promhttp's MaxRequestsInFlight cannot do this: its handler is made
+	// per request here.
+	slots chan struct{}
+
+	moduleUnknown prometheus.Counter
+	inFlight      prometheus.Gauge
+	rejected      prometheus.Counter
+}
+
+// NewHandler returns the /probe handler and registers its metrics.
+func NewHandler(opts HandlerOpts) *Handler {
+	h := &Handler{
+		config:        opts.Config,
+		logger:        opts.Logger,
+		probeLogLevel: slog.LevelDebug,
+		timeoutOffset: opts.TimeoutOffset,
+		history:       opts.History,
+		probe:         opts.Probe,
+		moduleUnknown: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "smtp_exporter",
+			Name:      "module_unknown_total",
+			Help:      "Probe requests that named a module not in the configuration.",
+		}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "smtp_exporter",
+			Name:      "probes_in_flight",
+			Help:      "Probes running now.",
+		}),
+		rejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "smtp_exporter",
+			Name:      "probes_rejected_total",
+			Help:      "Probe requests answered 503 because --probe.max-concurrent probes were already running.",
+		}),
+	}
+	if h.logger == nil {
+		h.logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.ProbeLogLevel != nil {
+		h.probeLogLevel = opts.ProbeLogLevel.Level()
+	}
+	if h.history == nil {
+		h.history = NewHistory(0)
+	}
+	if h.probe == nil {
+		h.probe = defaultProbe
+	}
+	if opts.MaxConcurrent > 0 {
+		h.slots = make(chan struct{}, opts.MaxConcurrent)
+	}
+	if opts.Registerer != nil {
+		opts.Registerer.MustRegister(h.moduleUnknown, h.inFlight, h.rejected)
+	}
+	return h
+}
+
+// ServeHTTP handles one probe request.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	params := r.URL.Query()
+	target, err := singleParam(params, "target")
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if len(target) > maxTargetLen {
+		http.Error(w, fmt.Sprintf("target parameter is longer than %d bytes", maxTargetLen), http.StatusBadRequest)
+		return
+	}
+	moduleName, err := singleParam(params, "module")
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	module, ok := h.config.Module(moduleName)
+	if !ok {
+		h.moduleUnknown.Inc()
+		h.logger.Debug("Unknown module", "module", moduleName, "target", target)
+		http.Error(w, fmt.Sprintf("unknown module %q", moduleName), http.StatusBadRequest)
+		return
+	}
+	timeout, err := probeTimeout(r.Header.Get(scrapeTimeoutHeader), h.timeoutOffset, time.Duration(module.Timeout))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+
+	if !h.acquire() {
+		h.rejected.Inc()
+		http.Error(w, fmt.Sprintf("too many probes in flight (limit %d), try again later", cap(h.slots)), http.StatusServiceUnavailable)
+		return
+	}
+	entry, registry := h.run(r.Context(), target, moduleName, module, timeout)
+	h.release()
+	h.history.Add(entry)
+
+	if params.Get("debug") == "true" {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if err := entry.WriteDebug(w); err != nil {
+			h.logger.Debug("Writing debug output failed", "err", err)
+		}
+		return
+	}
+	promhttp.HandlerFor(registry, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}).ServeHTTP(w, r)
+}
+
+func (h *Handler) acquire() bool {
+	if h.slots != nil {
+		select {
+		case h.slots <- struct{}{}:
+		default:
+			return false
+		}
+	}
+	h.inFlight.Inc()
+	return true
+}
+
+func (h *Handler) release() {
+	h.inFlight.Dec()
+	if h.slots != nil {
+		<-h.slots
+	}
+}
+
+// run probes target and returns the history entry and the registry with
+// the probe's metrics.
+func (h *Handler) run(ctx context.Context, target, moduleName string, module config.Module, timeout time.Duration) (*Entry, *prometheus.Registry) {
+	id, probeID := h.history.newID()
+	plog := newProbeLog(h.logger, h.probeLogLevel, DefaultProbeLogLimit,
+		"module", moduleName, "target", target, "probe_id", probeID)
+	// The main log has the probe's identity on every line already.
+	plog.captureOnly.Info("Beginning probe", "probe_id", probeID, "module", moduleName, "target", target,
+		"timeout_seconds", timeout.Seconds())
+	plog.main.Log(ctx, h.probeLogLevel, "Beginning probe", "timeout_seconds", timeout.Seconds())
+
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	start := time.Now()
+	result := h.runProbe(ctx, target, module, probeID, plog)
+	elapsed := time.Since(start)
+	cancel()
+	if result == nil {
+		plog.probe.Error("Prober returned no result")
+		result = &prober.Result{Duration: elapsed, SizeLimit: -1}
+	}
+	if result.Duration == 0 {
+		result.Duration = elapsed
+	}
+
+	entry := &Entry{
+		ID:       id,
+		ProbeID:  probeID,
+		Time:     start,
+		Module:   moduleName,
+		Target:   target,
+		Timeout:  timeout,
+		Success:  result.Success,
+		Duration: result.Duration,
+		Result:   boundResult(result),
+	}
+	if f := result.Failure; f != nil && !result.Success {
+		entry.FailurePhase, entry.FailureReason = f.Phase, f.Reason
+	}
+	h.logOutcome(plog, result)
+
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(New(result, timeout))
+	metrics, err := exposition(registry)
+	if err != nil {
+		plog.probe.Error("Gathering the probe's metrics failed", "err", err)
+	}
+	entry.Metrics = metrics
+	entry.Log = plog.buffer.String()
+	if yaml, err := config.MarshalModule(module); err != nil {
+		entry.ModuleConfig = "error rendering the module: " + err.Error() + "\n"
+	} else {
+		entry.ModuleConfig = string(yaml)
+	}
+	return entry, registry
+}
+
+// runProbe calls the prober, turning a panic into a failed probe so that
+// one bad reply cannot leave a semaphore slot taken or kill the scrape
+// without a trace.
+func (h *Handler) runProbe(ctx context.Context, target string, module config.Module, probeID string, plog *probeLog) (result *prober.Result) {
+	defer func() {
+		if p := recover(); p != nil {
+			plog.probe.Error("Prober panicked", "panic", fmt.Sprint(p))
+			plog.main.Error("Prober panicked", "panic", fmt.Sprint(p))
+			result = nil
+		}
+	}()
+	return h.probe(ctx, target, module, probeID, plog.probe)
+}
+
+// logOutcome writes the probe's last line: in full to the probe's log, and
+// for a failure once to the main log, which thereby says which targets fail
+// and why without debug logging.
+func (h *Handler) logOutcome(plog *probeLog, r *prober.Result) {
+	if r.Success {
+		plog.probe.Info("Probe succeeded", "duration_seconds", r.Duration.Seconds())
+		return
+	}
+	attrs := []any{"duration_seconds", r.Duration.Seconds()}
+	if f := r.Failure; f != nil {
+		attrs = append(attrs, "phase", string(f.Phase), "reason", string(f.Reason))
+		if f.Err != nil {
+			attrs = append(attrs, "err", f.Err.Error())
+		}
+	}
+	plog.captureOnly.Error("Probe failed", attrs...)
+	plog.main.Warn("Probe failed", attrs...)
+}
+
+// singleParam returns the one value of a required query parameter.
+func singleParam(params url.Values, name string) (string, error) {
+	values := params[name]
+	switch {
+	case len(values) == 0 || values[0] == "":
+		return "", fmt.Errorf("%s parameter is missing", name)
+	case len(values) > 1:
+		return "", fmt.Errorf("%s parameter is given %d times; give it once", name, len(values))
+	}
+	return values[0], nil
+}
+
+// probeTimeout works out how long a probe may take. Without the scrape
+// timeout header it is the module's timeout. With it, it is the scrape
+// timeout less offset, so that the response reaches Prometheus in time,
+// capped by the module's timeout. When the offset would leave no time at
+// all, the offset is ignored rather than falling back to the module's
+// timeout, which may exceed the scrape timeout (blackbox_exporter does the
+// latter). A header that is not a positive number of seconds is a bad
+// request.
+func probeTimeout(header string, offset, moduleTimeout time.Duration) (time.Duration, error) {
+	if moduleTimeout <= 0 {
+		moduleTimeout = time.Duration(config.DefaultModule.Timeout)
+	}
+	if header == "" {
+		return moduleTimeout, nil
+	}
+	seconds, err := strconv.ParseFloat(header, 64)
+	if err != nil || math.IsNaN(seconds) || math.IsInf(seconds, 0) || seconds <= 0 {
+		return 0, fmt.Errorf("%s header %q is not a positive number of seconds", scrapeTimeoutHeader, header)
+	}
+	// Compare in seconds: a header like 1e300 would overflow a Duration.
+	if seconds >= moduleTimeout.Seconds()+offset.Seconds() {
+		return moduleTimeout, nil
+	}
+	scrape := time.Duration(seconds * float64(time.Second))
+	timeout := scrape - offset
+	if timeout <= 0 {
+		timeout = scrape
+	}
+	return min(timeout, moduleTimeout), nil
+}
+
+// errNoProber is what a handler without a prober reports.
+var errNoProber = errors.New("no prober configured")
+
+// defaultProbe stands for prober.Probe.
+var defaultProbe ProbeFunc = func(_ context.Context, target string, _ config.Module, _ string, logger *slog.Logger) *prober.Result {
+	logger.Error("Cannot probe", "err", errNoProber)
+	return nil
+}

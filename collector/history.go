@@ -1,0 +1,159 @@
+package collector
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/smtp-exporter/smtp_exporter/prober"
+)
+
+// DefaultHistoryLimit is the default of --history.limit.
+const DefaultHistoryLimit = 100
+
+// Entry is one finished probe as the pages show it. It is immutable once
+// added to the History.
+type Entry struct {
+	// ID numbers the probes of this process: /logs?id=ID.
+	ID uint64
+	// ProbeID is the ID with the process token, unique across restarts; the
+	// prober puts it in the canary message.
+	ProbeID string
+	Time    time.Time // when the probe started
+	Module  string
+	Target  string
+	Timeout time.Duration
+
+	Success  bool
+	Duration time.Duration
+	// FailurePhase and FailureReason are empty on success.
+	FailurePhase  prober.Phase
+	FailureReason prober.Reason
+
+	// Log is the probe's captured log.
+	Log string
+	// Metrics is the exposition the probe returned, in the text format.
+	Metrics string
+	// ModuleConfig is the module as the probe ran it, secrets as <secret>:
+	// a later reload must not change what the history says about the past.
+	ModuleConfig string
+	// Result is the prober's finding, its transcript bounded; nil if the
+	// prober returned none.
+	Result *prober.Result
+}
+
+// History keeps the most recent probes and, for longer, the most recent
+// failures, so that the reason a target went down stays visible after many
+// successful probes of other targets. It also hands out probe IDs. It is
+// safe for concurrent use.
+type History struct {
+	limit int
+	token string
+
+	mu     sync.Mutex
+	nextID uint64
+	recent []*Entry
+	// failed holds failures that have left recent, oldest first.
+	failed []*Entry
+}
+
+// NewHistory keeps up to limit recent probes, and up to limit older
+// failures. A limit of 0 keeps nothing but still numbers the probes.
+func NewHistory(limit int) *History {
+	return &History{limit: max(limit, 0), token: newProcessToken(), nextID: 1}
+}
+
+// newProcessToken returns a random token that tells this process's probe
+// IDs from those of earlier runs, whose counters started at 1 too.
+func newProcessToken() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
+	return hex.EncodeToString(b[:])
+}
+
+// Limit returns the number of recent probes kept.
+func (h *History) Limit() int { return h.limit }
+
+// newID returns the next probe number and the probe ID built from it.
+func (h *History) newID() (uint64, string) {
+	h.mu.Lock()
+	id := h.nextID
+	h.nextID++
+	h.mu.Unlock()
+	return id, h.token + "-" + strconv.FormatUint(id, 10)
+}
+
+// parseID accepts the number shown on the pages ("17") and the full probe
+// ID found in a canary message's header ("3f9a1c2e-17", only this
+// process's). ok is false for anything else.
+func (h *History) parseID(s string) (uint64, bool) {
+	if token, num, found := strings.Cut(s, "-"); found {
+		if token != h.token {
+			return 0, false
+		}
+		s = num
+	}
+	id, err := strconv.ParseUint(s, 10, 64)
+	return id, err == nil
+}
+
+// Add records a finished probe.
+func (h *History) Add(e *Entry) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.limit == 0 {
+		return
+	}
+	h.recent = append(h.recent, e)
+	if len(h.recent) <= h.limit {
+		return
+	}
+	oldest := h.recent[0]
+	h.recent = dropFirst(h.recent)
+	if !oldest.Success {
+		h.failed = append(h.failed, oldest)
+		if len(h.failed) > h.limit {
+			h.failed = dropFirst(h.failed)
+		}
+	}
+}
+
+// dropFirst removes s[0] in place, clearing the freed slot so that the
+// entry can be collected.
+func dropFirst(s []*Entry) []*Entry {
+	copy(s, s[1:])
+	s[len(s)-1] = nil
+	return s[:len(s)-1]
+}
+
+// List returns the probes kept, newest first.
+func (h *History) List() []*Entry {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]*Entry, 0, len(h.recent)+len(h.failed))
+	for i := len(h.recent) - 1; i >= 0; i-- {
+		out = append(out, h.recent[i])
+	}
+	// Every preserved failure is older than every recent probe.
+	for i := len(h.failed) - 1; i >= 0; i-- {
+		out = append(out, h.failed[i])
+	}
+	return out
+}
+
+// Get returns the probe with the given number, if it is still kept.
+func (h *History) Get(id uint64) (*Entry, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, list := range [][]*Entry{h.recent, h.failed} {
+		for _, e := range list {
+			if e.ID == id {
+				return e, true
+			}
+		}
+	}
+	return nil, false
+}
