@@ -2,6 +2,7 @@ package prober
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"net/netip"
 	"time"
 )
@@ -35,32 +36,32 @@ type Reason string
 
 // Failure reasons.
 const (
-	ReasonTimeout               Reason = "timeout"
-	ReasonTargetInvalid         Reason = "target_invalid"
-	ReasonTargetNotAllowed      Reason = "target_not_allowed"
-	ReasonDNS                   Reason = "dns_failure"
-	ReasonCredentials           Reason = "credentials_unavailable"
-	ReasonMessageUnavailable    Reason = "message_unavailable"
-	ReasonConnectionRefused     Reason = "connection_refused"
-	ReasonConnectionFailed      Reason = "connection_failed"
-	ReasonConnectionClosed      Reason = "connection_closed"
-	ReasonTLSHandshake          Reason = "tls_handshake"
-	ReasonCertificate           Reason = "certificate"
-	ReasonProtocolError         Reason = "protocol_error" // malformed, over-long or binary replies
-	ReasonServiceUnavailable    Reason = "service_unavailable"
-	ReasonUnexpectedReply       Reason = "unexpected_reply"
-	ReasonStartTLSUnavailable   Reason = "starttls_unavailable"
-	ReasonAuthUnavailable       Reason = "auth_unavailable" // no AUTH advertised at all
-	ReasonMechanismUnavailable  Reason = "mechanism_unavailable"
-	ReasonPlaintextAuthRefused  Reason = "plaintext_auth_refused"
-	ReasonAuthRejected          Reason = "auth_rejected"
-	ReasonAuthTemporaryFailure  Reason = "auth_temporary_failure"
-	ReasonSenderRejected        Reason = "sender_rejected"
-	ReasonMessageTooLarge       Reason = "message_too_large"
-	ReasonRecipientRejected     Reason = "recipient_rejected"
-	ReasonRecipientDeferred     Reason = "recipient_deferred"
-	ReasonMessageRejected       Reason = "message_rejected"
-	ReasonMessageDeferred       Reason = "message_deferred"
+	ReasonTimeout              Reason = "timeout"
+	ReasonTargetInvalid        Reason = "target_invalid"
+	ReasonTargetNotAllowed     Reason = "target_not_allowed"
+	ReasonDNS                  Reason = "dns_failure"
+	ReasonCredentials          Reason = "credentials_unavailable"
+	ReasonMessageUnavailable   Reason = "message_unavailable"
+	ReasonConnectionRefused    Reason = "connection_refused"
+	ReasonConnectionFailed     Reason = "connection_failed"
+	ReasonConnectionClosed     Reason = "connection_closed"
+	ReasonTLSHandshake         Reason = "tls_handshake"
+	ReasonCertificate          Reason = "certificate"
+	ReasonProtocolError        Reason = "protocol_error" // malformed, over-long or binary replies
+	ReasonServiceUnavailable   Reason = "service_unavailable"
+	ReasonUnexpectedReply      Reason = "unexpected_reply"
+	ReasonStartTLSUnavailable  Reason = "starttls_unavailable"
+	ReasonAuthUnavailable      Reason = "auth_unavailable" // no AUTH advertised at all
+	ReasonMechanismUnavailable Reason = "mechanism_unavailable"
+	ReasonPlaintextAuthRefused Reason = "plaintext_auth_refused"
+	ReasonAuthRejected         Reason = "auth_rejected"
+	ReasonAuthTemporaryFailure Reason = "auth_temporary_failure"
+	ReasonSenderRejected       Reason = "sender_rejected"
+	ReasonMessageTooLarge      Reason = "message_too_large"
+	ReasonRecipientRejected    Reason = "recipient_rejected"
+	ReasonRecipientDeferred    Reason = "recipient_deferred"
+	ReasonMessageRejected      Reason = "message_rejected"
+	ReasonMessageDeferred      Reason = "message_deferred"
 )
 
 // PhaseResult is what one phase of the conversation did.
@@ -129,6 +130,10 @@ type Result struct {
 
 	// TLS is the state of the encrypted session, nil when there was none.
 	TLS *tls.ConnectionState
+	// PeerCertificates is the chain the server presented, leaf first. It is
+	// set also when verification failed (TLS is nil then), so that an
+	// expired or untrusted certificate can still be reported.
+	PeerCertificates []*x509.Certificate
 
 	AuthAttempted bool
 	AuthSuccess   bool

@@ -1,0 +1,139 @@
+package prober
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+)
+
+// Read bounds. RFC 5321 allows 512-octet reply lines; real servers stay far
+// below 4 KiB and a reply of a hundred lines, so anything longer is a broken
+// or hostile server, not a reason to buffer more.
+const (
+	maxReplyLineLen = 4096
+	maxReplyLines   = 100
+)
+
+// errArgument is a command argument carrying CR or LF, which would smuggle
+// a second command onto the wire.
+var errArgument = errors.New("command argument contains CR or LF")
+
+// smtpConn is a thin SMTP client: one line out, one bounded reply in, each
+// recorded in the transcript. It knows nothing of phases or timing.
+type smtpConn struct {
+	nc net.Conn
+	r  *bufio.Reader
+	tr *transcript
+}
+
+func newSMTPConn(nc net.Conn, tr *transcript) *smtpConn {
+	return &smtpConn{nc: nc, r: bufio.NewReaderSize(nc, maxReplyLineLen), tr: tr}
+}
+
+// upgrade switches to the TLS connection wrapping the current one.
+func (c *smtpConn) upgrade(nc net.Conn) {
+	c.nc = nc
+	c.r = bufio.NewReaderSize(nc, maxReplyLineLen)
+}
+
+// cmd sends one command and reads its reply. expect follows net/textproto:
+// 2 accepts any 2xx, 25 any 25x, 250 only 250. A reply that does not match
+// is returned together with a *ReplyError.
+func (c *smtpConn) cmd(expect int, format string, args ...any) (*Reply, error) {
+	line := fmt.Sprintf(format, args...)
+	if err := c.writeLine(line); err != nil {
+		return nil, err
+	}
+	return c.expect(verbOf(line), expect)
+}
+
+// expect reads a reply and checks its code.
+func (c *smtpConn) expect(verb string, expect int) (*Reply, error) {
+	rep, err := c.readReply()
+	if err != nil {
+		return nil, err
+	}
+	if !codeMatches(rep.Code, expect) {
+		return rep, c.replyError(verb, rep)
+	}
+	return rep, nil
+}
+
+func (c *smtpConn) replyError(verb string, rep *Reply) *ReplyError {
+	return &ReplyError{
+		Command:  verb,
+		Code:     rep.Code,
+		Enhanced: rep.Enhanced,
+		Message:  printable(c.tr.scrub(rep.Text()), 200),
+	}
+}
+
+// writeLine sends one line with CRLF. A line holding CR or LF is refused
+// before anything is written.
+func (c *smtpConn) writeLine(line string) error {
+	if strings.ContainsAny(line, "\r\n") {
+		return errArgument
+	}
+	c.tr.client(line)
+	_, err := io.WriteString(c.nc, line+"\r\n")
+	return err
+}
+
+// readLine reads one line of at most maxReplyLineLen bytes, without its
+// line ending. A bare LF ending is tolerated.
+func (c *smtpConn) readLine() (string, error) {
+	b, err := c.r.ReadSlice('\n')
+	if errors.Is(err, bufio.ErrBufferFull) {
+		return "", protocolErrorf("reply line longer than %d bytes", maxReplyLineLen)
+	}
+	if err != nil {
+		if errors.Is(err, io.EOF) && len(b) > 0 {
+			return "", io.ErrUnexpectedEOF
+		}
+		return "", err
+	}
+	line := strings.TrimSuffix(string(b[:len(b)-1]), "\r")
+	return line, nil
+}
+
+// readReply reads a whole reply, single or multi-line, and only returns
+// once its final line ("code SP") is in.
+func (c *smtpConn) readReply() (*Reply, error) {
+	rep := &Reply{}
+	for i := 0; ; i++ {
+		if i == maxReplyLines {
+			return nil, protocolErrorf("reply longer than %d lines", maxReplyLines)
+		}
+		line, err := c.readLine()
+		if err != nil {
+			return nil, err
+		}
+		c.tr.server(line)
+		rl, err := parseReplyLine(line)
+		if err != nil {
+			return nil, err
+		}
+		if i == 0 {
+			rep.Code = rl.code
+		} else if rl.code != rep.Code {
+			return nil, protocolErrorf("multi-line reply mixes codes %d and %d", rep.Code, rl.code)
+		}
+		rep.Lines = append(rep.Lines, rl.text)
+		if rl.final {
+			break
+		}
+	}
+	rep.Enhanced = parseEnhanced(rep.Lines[0])
+	c.tr.replyDone(rep.Code)
+	return rep, nil
+}
+
+// verbOf returns the command verb of a line, upper-cased: never its
+// arguments, which may carry credentials.
+func verbOf(line string) string {
+	verb, _, _ := strings.Cut(line, " ")
+	return strings.ToUpper(verb)
+}

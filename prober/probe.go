@@ -1,0 +1,478 @@
+// Package prober runs one SMTP session against a target and reports what
+// happened, phase by phase, as a Result. It is a thin client of its own over
+// a bounded line reader: every read is limited in size, the socket deadline
+// is set once from the context, and the connection is closed when the
+// context ends, so no server can hold a probe past its timeout.
+package prober
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	promconfig "github.com/prometheus/common/config"
+
+	"github.com/smtp-exporter/smtp_exporter/config"
+	"github.com/smtp-exporter/smtp_exporter/prober/message"
+)
+
+// PlannedPhases returns the phases a module runs, in conversation order.
+// PhaseSetup is not among them: it only ever names a failure.
+func PlannedPhases(m config.Module) []Phase {
+	s := m.SMTP
+	phases := []Phase{PhaseConnect}
+	if s.TLS == config.TLSImplicit {
+		phases = append(phases, PhaseTLS)
+	}
+	phases = append(phases, PhaseBanner, PhaseEHLO)
+	if s.TLS == config.TLSStartTLS {
+		phases = append(phases, PhaseStartTLS, PhaseEHLOTLS)
+	}
+	if s.Auth != nil {
+		phases = append(phases, PhaseAuth)
+	}
+	if s.Mail != nil {
+		phases = append(phases, PhaseMail, PhaseRcpt)
+		if s.Mail.Data {
+			phases = append(phases, PhaseData)
+		} else {
+			phases = append(phases, PhaseRset)
+		}
+	}
+	return append(phases, PhaseQuit)
+}
+
+// Probe runs one SMTP session against target as module describes and
+// returns what it found. It never returns nil and never panics on what a
+// server sends. The module's timeout caps ctx.
+//
+// After a failure that leaves the session in order (a refused recipient, a
+// wrong password) the probe still says QUIT, so servers do not log a lost
+// connection; that QUIT is recorded in the quit phase but cannot turn the
+// probe into a success. After a timeout, a broken reply or a TLS failure
+// the connection is just closed.
+func Probe(ctx context.Context, target string, module config.Module, probeID string, logger *slog.Logger) *Result {
+	start := time.Now()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if module.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(module.Timeout))
+		defer cancel()
+	}
+	r := &Result{SizeLimit: -1, Extensions: map[Phase][]string{}}
+	for _, ph := range PlannedPhases(module) {
+		r.Phases = append(r.Phases, PhaseResult{Phase: ph})
+	}
+	p := &probe{
+		ctx:     ctx,
+		target:  target,
+		module:  module,
+		smtp:    &module.SMTP,
+		probeID: probeID,
+		logger:  logger,
+		r:       r,
+		tr:      newTranscript(start, logger),
+	}
+	p.run()
+
+	r.Duration = time.Since(start)
+	r.Transcript = p.tr.lines
+	r.Success = r.Failure == nil
+	if f := r.Failure; f != nil {
+		logger.Error("Probe failed", "phase", f.Phase, "reason", f.Reason, "err", f.Err, "duration_seconds", r.Duration.Seconds())
+	} else {
+		logger.Info("Probe succeeded", "duration_seconds", r.Duration.Seconds())
+	}
+	return r
+}
+
+// probe is the state of one session.
+type probe struct {
+	ctx     context.Context
+	target  string
+	module  config.Module
+	smtp    *config.SMTPProbe
+	probeID string
+	logger  *slog.Logger
+	r       *Result
+	tr      *transcript
+
+	host      string
+	password  string
+	msg       *message.Message
+	tlsConfig *tls.Config
+
+	raw net.Conn
+	c   *smtpConn
+	// ext is what the latest EHLO advertised.
+	ext extensions
+	// broken is set once the session cannot go on in order (timeout,
+	// broken reply, TLS failure, 421): no QUIT is sent then.
+	broken bool
+}
+
+func (p *probe) run() {
+	if !p.setup() || !p.connect() {
+		return
+	}
+	defer p.raw.Close()
+
+	steps := []func() bool{}
+	if p.smtp.TLS == config.TLSImplicit {
+		steps = append(steps, func() bool { return p.handshake(PhaseTLS) })
+	}
+	steps = append(steps, p.banner, func() bool { return p.ehlo(PhaseEHLO) })
+	if p.smtp.TLS == config.TLSStartTLS {
+		steps = append(steps, p.startTLS, func() bool { return p.ehlo(PhaseEHLOTLS) })
+	}
+	if p.smtp.Auth != nil {
+		steps = append(steps, p.auth)
+	}
+	if p.smtp.Mail != nil {
+		steps = append(steps, p.mailFrom, p.rcptTo)
+		if p.smtp.Mail.Data {
+			steps = append(steps, p.data)
+		} else {
+			steps = append(steps, p.rset)
+		}
+	}
+	for _, step := range steps {
+		if !step() {
+			if !p.broken {
+				p.quit()
+			}
+			return
+		}
+	}
+	p.quit()
+}
+
+// phase returns the entry of a planned phase.
+func (p *probe) phase(ph Phase) *PhaseResult {
+	for i := range p.r.Phases {
+		if p.r.Phases[i].Phase == ph {
+			return &p.r.Phases[i]
+		}
+	}
+	// Unreachable: every phase the probe runs is planned.
+	p.r.Phases = append(p.r.Phases, PhaseResult{Phase: ph})
+	return &p.r.Phases[len(p.r.Phases)-1]
+}
+
+func (p *probe) begin(ph Phase) time.Time {
+	p.logger.Debug("Phase started", "phase", ph)
+	return time.Now()
+}
+
+// finish records that a phase ran, its duration and the reply that ended
+// it (nil for none).
+func (p *probe) finish(ph Phase, start time.Time, rep *Reply) {
+	pr := p.phase(ph)
+	pr.Ran = true
+	pr.Duration = time.Since(start)
+	if rep != nil {
+		pr.Code, pr.Enhanced = rep.Code, rep.Enhanced
+	}
+	p.logger.Debug("Phase done", "phase", ph, "duration_seconds", pr.Duration.Seconds(), "code", pr.Code, "enhanced", pr.Enhanced)
+}
+
+// fail records the first failure; later ones (during the closing QUIT) are
+// only logged. It returns false so that steps can `return p.fail(...)`.
+func (p *probe) fail(ph Phase, reason Reason, err error) bool {
+	if err != nil {
+		err = errors.New(p.tr.scrub(err.Error()))
+	}
+	switch reason {
+	case ReasonTimeout, ReasonConnectionClosed, ReasonProtocolError, ReasonTLSHandshake,
+		ReasonCertificate, ReasonServiceUnavailable, ReasonConnectionFailed, ReasonConnectionRefused:
+		p.broken = true
+	}
+	if p.r.Failure != nil {
+		p.logger.Debug("Error after the probe failed", "phase", ph, "reason", reason, "err", err)
+		return false
+	}
+	p.r.Failure = &Failure{Phase: ph, Reason: reason, Err: err}
+	p.logger.Debug("Phase failed", "phase", ph, "reason", reason, "err", err)
+	return false
+}
+
+// failErr classifies an error that is not a reply: timeouts, closed
+// connections, broken replies.
+func (p *probe) failErr(ph Phase, err error) bool {
+	return p.fail(ph, p.ioReason(err), err)
+}
+
+func (p *probe) ioReason(err error) Reason {
+	var pe *ProtocolError
+	var ne net.Error
+	switch {
+	case p.ctx.Err() != nil, errors.Is(err, os.ErrDeadlineExceeded):
+		return ReasonTimeout
+	case errors.As(err, &ne) && ne.Timeout():
+		return ReasonTimeout
+	case errors.As(err, &pe), errors.Is(err, errArgument):
+		return ReasonProtocolError
+	}
+	return ReasonConnectionClosed
+}
+
+// failReply classifies the outcome of a command that did not get the
+// expected reply: a *ReplyError is mapped by classify (421 is always
+// service_unavailable), anything else by ioReason.
+func (p *probe) failReply(ph Phase, err error, classify func(code int) Reason) bool {
+	var re *ReplyError
+	if !errors.As(err, &re) {
+		return p.failErr(ph, err)
+	}
+	if re.Code == 421 {
+		return p.fail(ph, ReasonServiceUnavailable, err)
+	}
+	return p.fail(ph, classify(re.Code), err)
+}
+
+func unexpected(int) Reason { return ReasonUnexpectedReply }
+
+// setup does everything before the first packet: parse and check the target,
+// resolve it, read credentials, build the canary and the TLS configuration.
+func (p *probe) setup() bool {
+	host, port, err := parseTarget(p.target, p.smtp.EffectivePort())
+	if err != nil {
+		return p.fail(PhaseSetup, ReasonTargetInvalid, err)
+	}
+	p.host, p.r.Host, p.r.Port = host, host, port
+	hostAllowed := p.smtp.AllowsHost(host, port)
+
+	p.logger.Debug("Resolving target", "host", host, "preferred_ip_protocol", p.smtp.PreferredIPProtocol, "ip_protocol_fallback", p.smtp.IPProtocolFallback)
+	ip, lookup, err := resolve(p.ctx, host, p.smtp.PreferredIPProtocol, p.smtp.IPProtocolFallback)
+	p.r.DNSLookupTime = lookup
+	if err != nil {
+		if p.ctx.Err() != nil {
+			return p.fail(PhaseSetup, ReasonTimeout, err)
+		}
+		return p.fail(PhaseSetup, ReasonDNS, err)
+	}
+	p.logger.Debug("Resolved target", "ip", ip, "dns_lookup_seconds", lookup.Seconds())
+	if !hostAllowed && !p.smtp.AllowsAddr(ip, port) {
+		return p.fail(PhaseSetup, ReasonTargetNotAllowed,
+			fmt.Errorf("target %s (%s) port %d is not in allowed_targets", host, ip, port))
+	}
+	p.r.IP = ip
+
+	if a := p.smtp.Auth; a != nil {
+		password, err := a.ReadPassword()
+		if err != nil {
+			p.logger.Error("Cannot read the password", "password_file", a.PasswordFile, "err", err)
+			return p.fail(PhaseSetup, ReasonCredentials, fmt.Errorf("reading password: %w", err))
+		}
+		p.password = password
+		p.tr.addSecret(password)
+	}
+
+	if m := p.smtp.Mail; m != nil && m.Data {
+		msg, err := message.Build(m, message.Options{ProbeID: p.probeID, Hostname: p.ehloName(), Now: time.Now()})
+		if err != nil {
+			return p.fail(PhaseSetup, ReasonMessageUnavailable, fmt.Errorf("building the canary message: %w", err))
+		}
+		p.msg = msg
+		p.r.MessageID = msg.MessageID
+	}
+
+	if p.smtp.TLS == config.TLSStartTLS || p.smtp.TLS == config.TLSImplicit {
+		cfg, err := promconfig.NewTLSConfig(&p.smtp.TLSConfig)
+		if err != nil {
+			return p.fail(PhaseSetup, ReasonCertificate, fmt.Errorf("tls_config: %w", err))
+		}
+		if cfg.ServerName == "" {
+			// For an IP target Go verifies against the certificate's IP
+			// SANs; the zone of a link-local address is no part of them.
+			name, _, _ := strings.Cut(host, "%")
+			cfg.ServerName = name
+		}
+		p.tlsConfig = cfg
+	}
+	return true
+}
+
+func (p *probe) ehloName() string {
+	if p.smtp.EHLO != "" {
+		return p.smtp.EHLO
+	}
+	return "localhost"
+}
+
+// connect dials the resolved address. The socket deadline is set once from
+// the context, and the connection is closed the moment the context ends, so
+// a server that trickles bytes cannot extend the probe.
+func (p *probe) connect() bool {
+	start := p.begin(PhaseConnect)
+	dialer := &net.Dialer{}
+	if p.smtp.SourceIPAddress != "" {
+		if src, err := netip.ParseAddr(p.smtp.SourceIPAddress); err == nil {
+			dialer.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+		}
+	}
+	addr := netip.AddrPortFrom(p.r.IP, uint16(p.r.Port)).String()
+	p.logger.Debug("Connecting", "address", addr)
+	// Go sets TCP_NODELAY on TCP connections by default. Every command is
+	// written in one piece, so it is left as it is.
+	nc, err := dialer.DialContext(p.ctx, "tcp", addr)
+	p.finish(PhaseConnect, start, nil)
+	if err != nil {
+		var ne net.Error
+		switch {
+		case p.ctx.Err() != nil, errors.As(err, &ne) && ne.Timeout():
+			return p.fail(PhaseConnect, ReasonTimeout, err)
+		case errors.Is(err, syscall.ECONNREFUSED):
+			return p.fail(PhaseConnect, ReasonConnectionRefused, err)
+		}
+		return p.fail(PhaseConnect, ReasonConnectionFailed, err)
+	}
+	if deadline, ok := p.ctx.Deadline(); ok {
+		if err := nc.SetDeadline(deadline); err != nil {
+			nc.Close()
+			return p.fail(PhaseConnect, ReasonConnectionFailed, err)
+		}
+	}
+	stop := context.AfterFunc(p.ctx, func() { nc.Close() })
+	p.raw = &closeStopper{Conn: nc, stop: stop}
+	p.c = newSMTPConn(nc, p.tr)
+	p.tr.note("connected to %s from %s", addr, nc.LocalAddr())
+	return true
+}
+
+// closeStopper releases the context hook when the connection is closed.
+type closeStopper struct {
+	net.Conn
+	stop func() bool
+}
+
+func (c *closeStopper) Close() error {
+	c.stop()
+	return c.Conn.Close()
+}
+
+// handshake runs the client side of TLS on the connection, as the phase ph
+// (tls for implicit TLS, starttls after the command).
+func (p *probe) handshake(ph Phase) bool {
+	start := time.Now()
+	if ph == PhaseTLS {
+		start = p.begin(ph)
+	}
+	tc := tls.Client(p.c.nc, p.tlsConfig)
+	err := tc.HandshakeContext(p.ctx)
+	if ph == PhaseTLS {
+		p.finish(ph, start, nil)
+	}
+	if err != nil {
+		p.tr.note("TLS handshake failed: %v", err)
+		var cve *tls.CertificateVerificationError
+		if errors.As(err, &cve) {
+			p.r.PeerCertificates = cve.UnverifiedCertificates
+			return p.fail(ph, ReasonCertificate, err)
+		}
+		if isCertificateError(err) {
+			return p.fail(ph, ReasonCertificate, err)
+		}
+		if reason := p.ioReason(err); reason == ReasonTimeout {
+			return p.fail(ph, reason, err)
+		}
+		return p.fail(ph, ReasonTLSHandshake, err)
+	}
+	state := tc.ConnectionState()
+	p.r.TLS = &state
+	p.r.PeerCertificates = state.PeerCertificates
+	p.c.upgrade(tc)
+	p.tr.note("TLS handshake complete: %s, %s, server name %q",
+		tls.VersionName(state.Version), tls.CipherSuiteName(state.CipherSuite), p.tlsConfig.ServerName)
+	return true
+}
+
+// isCertificateError recognises verification failures that do not come
+// wrapped in a tls.CertificateVerificationError (from a custom verifier).
+func isCertificateError(err error) bool {
+	var unknown x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	return errors.As(err, &unknown) || errors.As(err, &hostname) || errors.As(err, &invalid)
+}
+
+// banner reads the whole greeting, multi-line included, before anything is
+// sent.
+func (p *probe) banner() bool {
+	start := p.begin(PhaseBanner)
+	rep, err := p.c.expect("", 220)
+	p.finish(PhaseBanner, start, rep)
+	if err != nil {
+		return p.failReply(PhaseBanner, err, func(code int) Reason {
+			if code == 554 {
+				return ReasonServiceUnavailable
+			}
+			return ReasonUnexpectedReply
+		})
+	}
+	return true
+}
+
+// ehlo greets the server and records its extensions, falling back to HELO
+// when EHLO is refused with a 5xx.
+func (p *probe) ehlo(ph Phase) bool {
+	start := p.begin(ph)
+	name := p.ehloName()
+	rep, err := p.c.cmd(250, "EHLO %s", name)
+	var re *ReplyError
+	if err != nil && errors.As(err, &re) && re.Permanent() {
+		p.logger.Debug("EHLO refused, falling back to HELO", "code", re.Code)
+		p.r.HELOFallback = true
+		rep, err = p.c.cmd(250, "HELO %s", name)
+		p.ext = extensions{size: -1}
+	} else if err == nil {
+		p.ext = parseEHLO(rep)
+	}
+	p.finish(ph, start, rep)
+	if err != nil {
+		return p.failReply(ph, err, unexpected)
+	}
+	p.r.Extensions[ph] = p.ext.keywords
+	p.r.SizeLimit = p.ext.size
+	p.r.AuthMechanisms = p.ext.auth
+	return true
+}
+
+// startTLS upgrades the session. It never downgrades: a server that does
+// not offer STARTTLS fails the probe.
+func (p *probe) startTLS() bool {
+	start := p.begin(PhaseStartTLS)
+	if !p.ext.has("STARTTLS") {
+		p.finish(PhaseStartTLS, start, nil)
+		return p.fail(PhaseStartTLS, ReasonStartTLSUnavailable, errors.New("server does not advertise STARTTLS"))
+	}
+	rep, err := p.c.cmd(220, "STARTTLS")
+	if err != nil {
+		p.finish(PhaseStartTLS, start, rep)
+		return p.failReply(PhaseStartTLS, err, unexpected)
+	}
+	// Bytes already buffered after the 220 were sent before the handshake:
+	// accepting them would let a man in the middle inject replies into the
+	// encrypted session.
+	if p.c.r.Buffered() > 0 {
+		p.finish(PhaseStartTLS, start, rep)
+		return p.fail(PhaseStartTLS, ReasonProtocolError, protocolErrorf("server sent data after its STARTTLS reply"))
+	}
+	ok := p.handshake(PhaseStartTLS)
+	p.finish(PhaseStartTLS, start, rep)
+	return ok
+}
+
+// tlsActive reports whether the session is encrypted.
+func (p *probe) tlsActive() bool { return p.r.TLS != nil }

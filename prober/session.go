@@ -1,0 +1,347 @@
+package prober
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+const (
+	// maxAuthSteps bounds the 334 challenges of one AUTH exchange; the
+	// mechanisms we speak need at most two.
+	maxAuthSteps = 4
+	// maxChallengeLen bounds one base64 challenge.
+	maxChallengeLen = 1024
+)
+
+// auth logs in. Nothing is sent on an unencrypted session unless the module
+// says allow_plaintext_auth, nor when the server offers no mechanism we can
+// use.
+func (p *probe) auth() bool {
+	a := p.smtp.Auth
+	start := p.begin(PhaseAuth)
+	refuse := func(reason Reason, err error) bool {
+		p.finish(PhaseAuth, start, nil)
+		return p.fail(PhaseAuth, reason, err)
+	}
+	if !p.tlsActive() && !p.smtp.AllowPlaintextAuth {
+		return refuse(ReasonPlaintextAuthRefused,
+			errors.New("refusing to send credentials over an unencrypted connection (set allow_plaintext_auth to allow it)"))
+	}
+	if !p.ext.has("AUTH") || len(p.ext.auth) == 0 {
+		return refuse(ReasonAuthUnavailable, errors.New("server does not advertise AUTH"))
+	}
+	name, ok := chooseMechanism(a.Mechanism, p.ext.auth)
+	if !ok {
+		return refuse(ReasonMechanismUnavailable, fmt.Errorf("mechanism %s not offered (server offers %s)",
+			a.Mechanism, strings.Join(p.ext.auth, " ")))
+	}
+	mech := newMechanism(name, a.Username, p.password)
+	p.tr.addSecret(base64.StdEncoding.EncodeToString([]byte(p.password)))
+
+	p.r.AuthAttempted = true
+	p.r.AuthMechanism = name
+	rep, err := p.saslExchange(mech, a.Username)
+	p.finish(PhaseAuth, start, rep)
+	if err != nil {
+		return p.failReply(PhaseAuth, err, authReason)
+	}
+	p.r.AuthSuccess = true
+	return true
+}
+
+// authReason maps the final reply of a failed AUTH.
+func authReason(code int) Reason {
+	switch {
+	case code == 504:
+		return ReasonMechanismUnavailable
+	case code >= 500 && code <= 503:
+		// Syntax and sequence errors: the server did not judge the
+		// credentials.
+		return ReasonUnexpectedReply
+	case code >= 500:
+		return ReasonAuthRejected
+	case code >= 400:
+		return ReasonAuthTemporaryFailure
+	}
+	return ReasonUnexpectedReply
+}
+
+// saslExchange runs AUTH to its final reply. Every response is registered
+// as a secret before it is sent, on top of the transcript's redaction of the
+// whole exchange. Errors never carry a response.
+func (p *probe) saslExchange(mech saslMechanism, username string) (*Reply, error) {
+	send := func(resp []byte) error {
+		enc := base64.StdEncoding.EncodeToString(resp)
+		if string(resp) != username {
+			p.tr.addSecret(string(resp))
+			p.tr.addSecret(enc)
+		}
+		if len(resp) == 0 {
+			enc = "="
+		}
+		return p.c.writeLine(enc)
+	}
+
+	name, initial, err := mech.Start()
+	if err != nil {
+		return nil, err
+	}
+	line := "AUTH " + name
+	if initial != nil {
+		enc := base64.StdEncoding.EncodeToString(initial)
+		p.tr.addSecret(string(initial))
+		p.tr.addSecret(enc)
+		if enc == "" {
+			enc = "="
+		}
+		line += " " + enc
+	}
+	if err := p.c.writeLine(line); err != nil {
+		return nil, err
+	}
+	rep, err := p.c.readReply()
+	for steps := 0; err == nil && rep.Code == 334; steps++ {
+		if steps == maxAuthSteps {
+			return rep, protocolErrorf("more than %d AUTH challenges", maxAuthSteps)
+		}
+		challenge, decErr := decodeChallenge(rep)
+		if decErr != nil {
+			return rep, decErr
+		}
+		resp, mechErr := mech.Next(challenge)
+		if mechErr != nil {
+			// Cancel the exchange (RFC 4954 "*") so the session stays in
+			// order, then report the broken challenge.
+			if err := p.c.writeLine("*"); err == nil {
+				if _, err := p.c.readReply(); err != nil {
+					return rep, err
+				}
+			}
+			return rep, protocolErrorf("AUTH %s: %v", name, mechErr)
+		}
+		if err := send(resp); err != nil {
+			return nil, err
+		}
+		rep, err = p.c.readReply()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if rep.Code != 235 {
+		return rep, p.c.replyError("AUTH", rep)
+	}
+	return rep, nil
+}
+
+// decodeChallenge reads the base64 text of a 334 reply; an empty one is an
+// empty challenge.
+func decodeChallenge(rep *Reply) ([]byte, error) {
+	if len(rep.Lines) != 1 {
+		return nil, protocolErrorf("multi-line AUTH challenge")
+	}
+	text := strings.TrimSpace(rep.Lines[0])
+	if len(text) > maxChallengeLen {
+		return nil, protocolErrorf("AUTH challenge longer than %d bytes", maxChallengeLen)
+	}
+	b, err := base64.StdEncoding.DecodeString(text)
+	if err != nil {
+		// Some servers leave out the padding.
+		if b, err = base64.RawStdEncoding.DecodeString(text); err != nil {
+			return nil, protocolErrorf("AUTH challenge is not base64")
+		}
+	}
+	return b, nil
+}
+
+// mailFrom starts the canary transaction. With SIZE advertised the message
+// size is declared, and a message over a non-zero limit is not attempted.
+func (p *probe) mailFrom() bool {
+	mail := p.smtp.Mail
+	start := p.begin(PhaseMail)
+	params := ""
+	if p.msg != nil && p.ext.has("SIZE") {
+		size := int64(len(p.msg.Bytes))
+		if p.ext.size > 0 && size > p.ext.size {
+			p.finish(PhaseMail, start, nil)
+			return p.fail(PhaseMail, ReasonMessageTooLarge,
+				fmt.Errorf("message is %d bytes, server accepts at most %d", size, p.ext.size))
+		}
+		params = " SIZE=" + strconv.FormatInt(size, 10)
+	}
+	rep, err := p.c.cmd(2, "MAIL FROM:<%s>%s", mail.From, params)
+	p.finish(PhaseMail, start, rep)
+	if err != nil {
+		return p.failReply(PhaseMail, err, func(code int) Reason {
+			if code >= 500 {
+				return ReasonSenderRejected
+			}
+			return ReasonUnexpectedReply
+		})
+	}
+	return true
+}
+
+// rcptTo offers every recipient, even after one is refused, so that
+// RecipientsAccepted counts them all. The phase reports the total time and
+// the worst reply.
+func (p *probe) rcptTo() bool {
+	start := p.begin(PhaseRcpt)
+	var worst *Reply
+	var rejected, deferred, other error
+	for _, rcpt := range p.smtp.Mail.Recipients() {
+		rep, err := p.c.cmd(2, "RCPT TO:<%s>", rcpt)
+		var re *ReplyError
+		if err != nil && !errors.As(err, &re) {
+			p.finish(PhaseRcpt, start, worst)
+			return p.failErr(PhaseRcpt, err)
+		}
+		if worst == nil || rep.Code > worst.Code {
+			worst = rep
+		}
+		switch {
+		case err == nil:
+			p.r.RecipientsAccepted++
+		case re.Code == 421:
+			p.finish(PhaseRcpt, start, rep)
+			return p.fail(PhaseRcpt, ReasonServiceUnavailable, err)
+		case re.Permanent():
+			if rejected == nil {
+				rejected = fmt.Errorf("recipient %s: %w", rcpt, err)
+			}
+		case re.Temporary():
+			if deferred == nil {
+				deferred = fmt.Errorf("recipient %s: %w", rcpt, err)
+			}
+		default:
+			if other == nil {
+				other = fmt.Errorf("recipient %s: %w", rcpt, err)
+			}
+		}
+	}
+	p.finish(PhaseRcpt, start, worst)
+	switch {
+	case rejected != nil:
+		return p.fail(PhaseRcpt, ReasonRecipientRejected, rejected)
+	case deferred != nil:
+		return p.fail(PhaseRcpt, ReasonRecipientDeferred, deferred)
+	case other != nil:
+		return p.fail(PhaseRcpt, ReasonUnexpectedReply, other)
+	}
+	return true
+}
+
+// messageReason maps a refusal of DATA or of the message.
+func messageReason(code int) Reason {
+	switch {
+	case code >= 500:
+		return ReasonMessageRejected
+	case code >= 400:
+		return ReasonMessageDeferred
+	}
+	return ReasonUnexpectedReply
+}
+
+// data sends the canary. The phase is timed from the 354 to the final reply;
+// when DATA itself is refused, it covers that refusal.
+func (p *probe) data() bool {
+	start := p.begin(PhaseData)
+	rep, err := p.c.cmd(354, "DATA")
+	if err != nil {
+		p.finish(PhaseData, start, rep)
+		return p.failReply(PhaseData, err, messageReason)
+	}
+	start = time.Now()
+	p.tr.note("sending message: %d bytes, Message-ID %s", len(p.msg.Bytes), p.msg.MessageID)
+	if err := writeDotStuffed(p.c.nc, p.msg.Bytes); err != nil {
+		p.finish(PhaseData, start, nil)
+		return p.failErr(PhaseData, err)
+	}
+	p.tr.client(".")
+	rep, err = p.c.expect("DATA", 2)
+	p.finish(PhaseData, start, rep)
+	if err != nil {
+		return p.failReply(PhaseData, err, messageReason)
+	}
+	p.r.MessageAccepted = true
+	p.r.QueueID = queueID(rep)
+	p.logger.Info("Canary message accepted", "message_id", p.r.MessageID, "queue_id", p.r.QueueID)
+	return true
+}
+
+// writeDotStuffed writes msg as DATA content: every line starting with '.'
+// gets another '.', line endings become CRLF, and the content ends with
+// CRLF.CRLF.
+func writeDotStuffed(w io.Writer, msg []byte) error {
+	bw := bufio.NewWriterSize(w, 32*1024)
+	for len(msg) > 0 {
+		line := msg
+		rest := []byte(nil)
+		if i := bytes.IndexByte(msg, '\n'); i >= 0 {
+			line, rest = msg[:i], msg[i+1:]
+		}
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		if len(line) > 0 && line[0] == '.' {
+			bw.WriteByte('.')
+		}
+		bw.Write(line)
+		bw.WriteString("\r\n")
+		msg = rest
+	}
+	bw.WriteString(".\r\n")
+	return bw.Flush()
+}
+
+// queueIDPatterns find the server's id for an accepted message in the
+// common reply styles: Postfix "Ok: queued as 4Xyz", Exim "OK id=1abc",
+// and others' "queued as <id>".
+var queueIDPatterns = []*regexp.Regexp{
+	regexp.MustCompile(`(?i)\bqueued as:?\s+<?([A-Za-z0-9][A-Za-z0-9._@-]{0,63})`),
+	regexp.MustCompile(`(?i)\bid=<?([A-Za-z0-9][A-Za-z0-9._@-]{0,63})`),
+}
+
+func queueID(rep *Reply) string {
+	for _, line := range rep.Lines {
+		for _, re := range queueIDPatterns {
+			if m := re.FindStringSubmatch(line); m != nil {
+				return m[1]
+			}
+		}
+	}
+	return ""
+}
+
+// rset ends a canary that stops before DATA, so nothing is delivered.
+func (p *probe) rset() bool {
+	start := p.begin(PhaseRset)
+	rep, err := p.c.cmd(2, "RSET")
+	p.finish(PhaseRset, start, rep)
+	if err != nil {
+		return p.failReply(PhaseRset, err, unexpected)
+	}
+	return true
+}
+
+// quit ends the session. A server that closes the connection instead of
+// answering, once the work is done, does not fail the probe.
+func (p *probe) quit() {
+	start := p.begin(PhaseQuit)
+	rep, err := p.c.cmd(221, "QUIT")
+	p.finish(PhaseQuit, start, rep)
+	if err == nil {
+		return
+	}
+	var re *ReplyError
+	if !errors.As(err, &re) && p.ioReason(err) == ReasonConnectionClosed {
+		p.tr.note("server closed the connection instead of answering QUIT")
+		return
+	}
+	p.failReply(PhaseQuit, err, unexpected)
+}

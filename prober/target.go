@@ -1,0 +1,133 @@
+package prober
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// maxTargetLen bounds the target parameter; a DNS name is at most 253.
+const maxTargetLen = 255
+
+// parseTarget splits a target into host and port. Accepted forms: "host",
+// "host:port", "[v6]", "[v6]:port" and a bare IPv6 address; defaultPort
+// applies when none is given. Anything that looks like a URL (scheme, path,
+// userinfo) is refused rather than guessed at.
+func parseTarget(target string, defaultPort int) (host string, port int, err error) {
+	switch {
+	case target == "":
+		return "", 0, errors.New("empty target")
+	case len(target) > maxTargetLen:
+		return "", 0, fmt.Errorf("target longer than %d characters", maxTargetLen)
+	case strings.ContainsFunc(target, func(r rune) bool { return r <= ' ' || r == 0x7f }):
+		return "", 0, errors.New("target contains spaces or control characters")
+	case strings.Contains(target, "://"):
+		return "", 0, errors.New("target must be host[:port], not a URL")
+	case strings.ContainsAny(target, "/?#"):
+		return "", 0, errors.New("target must not contain a path")
+	case strings.Contains(target, "@"):
+		return "", 0, errors.New("target must not contain user information")
+	}
+
+	// A bare IPv6 address has colons but no port.
+	if a, err := netip.ParseAddr(target); err == nil {
+		return a.String(), defaultPort, nil
+	}
+	if strings.HasPrefix(target, "[") && strings.HasSuffix(target, "]") {
+		a, err := netip.ParseAddr(target[1 : len(target)-1])
+		if err != nil || !a.Is6() {
+			return "", 0, fmt.Errorf("%q is not a bracketed IPv6 address", target)
+		}
+		return a.String(), defaultPort, nil
+	}
+
+	host, port = target, defaultPort
+	if strings.Contains(target, ":") {
+		h, p, err := net.SplitHostPort(target)
+		if err != nil {
+			return "", 0, fmt.Errorf("invalid target: %v", err)
+		}
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 || p != strconv.Itoa(n) {
+			return "", 0, fmt.Errorf("invalid port %q", p)
+		}
+		host, port = h, n
+		if a, err := netip.ParseAddr(host); err == nil {
+			if strings.HasPrefix(target, "[") && !a.Is6() {
+				return "", 0, fmt.Errorf("%q: only IPv6 addresses go in brackets", target)
+			}
+			if a.Is6() && !strings.HasPrefix(target, "[") {
+				return "", 0, errors.New("an IPv6 address with a port must be in brackets")
+			}
+			return a.String(), port, nil
+		}
+	}
+	if strings.HasPrefix(target, "[") || !isHostName(host) {
+		return "", 0, fmt.Errorf("%q is not a host name or IP address", host)
+	}
+	return strings.TrimSuffix(host, "."), port, nil
+}
+
+// isHostName accepts DNS names of letters, digits, '-' and '_'.
+func isHostName(h string) bool {
+	h = strings.TrimSuffix(h, ".")
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			ok := c == '-' || c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+			if !ok {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// resolve picks the address to dial the way blackbox_exporter does: with
+// fallback, look up every address and take the first of the preferred family,
+// else the first of the other; without, look up the preferred family only.
+// An IP literal is used as given, whatever the preference: the target named
+// it exactly.
+func resolve(ctx context.Context, host, preferred string, fallback bool) (netip.Addr, time.Duration, error) {
+	if a, err := netip.ParseAddr(host); err == nil {
+		return a.Unmap(), 0, nil
+	}
+	if preferred != "ip4" {
+		preferred = "ip6"
+	}
+	network := preferred
+	if fallback {
+		network = "ip"
+	}
+	start := time.Now()
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, network, host)
+	elapsed := time.Since(start)
+	if err != nil {
+		return netip.Addr{}, elapsed, err
+	}
+	var other netip.Addr
+	for _, a := range addrs {
+		a = a.Unmap()
+		if a.Is4() == (preferred == "ip4") {
+			return a, elapsed, nil
+		}
+		if !other.IsValid() {
+			other = a
+		}
+	}
+	if other.IsValid() {
+		return other, elapsed, nil
+	}
+	return netip.Addr{}, elapsed, fmt.Errorf("no %s address for %s", preferred, host)
+}

@@ -1,0 +1,136 @@
+package prober
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Transcript bounds: a hostile server must not make a Result grow without
+// limit.
+const (
+	maxTranscriptLines   = 500
+	maxTranscriptLineLen = 512
+	// minSecretLen keeps scrubbing from mangling a transcript over a
+	// one-letter password; such a secret is still never sent in a stored
+	// client line, which is redacted as a whole.
+	minSecretLen = 4
+)
+
+// Redacted replaces credentials in the transcript and the log.
+const Redacted = "<redacted>"
+
+// transcript records the conversation and mirrors it to the debug log.
+//
+// Redaction is a small state machine over the AUTH exchange, not a pattern
+// on "AUTH PLAIN": a client "AUTH <mech> <initial-response>" line keeps only
+// the verb and mechanism, and from then on every client line is replaced by
+// Redacted until the server ends the exchange with a reply other than 334.
+// LOGIN's username and password lines, PLAIN's answer to an empty 334 and
+// CRAM-MD5's digest are all covered the same way. As a second guard, every
+// secret registered with addSecret is scrubbed from every line, server
+// lines and error texts included.
+type transcript struct {
+	start  time.Time
+	logger *slog.Logger
+
+	lines     []TranscriptLine
+	truncated bool
+
+	inAuth  bool
+	secrets []string
+}
+
+func newTranscript(start time.Time, logger *slog.Logger) *transcript {
+	return &transcript{start: start, logger: logger}
+}
+
+// client records a line the client sends.
+func (t *transcript) client(line string) {
+	t.add(Client, t.redactClient(line))
+}
+
+func (t *transcript) redactClient(line string) string {
+	if t.inAuth {
+		return Redacted
+	}
+	verb, rest, _ := strings.Cut(line, " ")
+	if !strings.EqualFold(verb, "AUTH") {
+		return line
+	}
+	t.inAuth = true
+	mech, initial, _ := strings.Cut(rest, " ")
+	if initial != "" {
+		return verb + " " + mech + " " + Redacted
+	}
+	return line
+}
+
+// server records one line of a reply.
+func (t *transcript) server(line string) {
+	t.add(Server, line)
+}
+
+// replyDone tells the redactor a whole reply was read: anything but a 334
+// challenge ends an AUTH exchange.
+func (t *transcript) replyDone(code int) {
+	if t.inAuth && code != 334 {
+		t.inAuth = false
+	}
+}
+
+// note records a remark of ours, such as the TLS handshake outcome.
+func (t *transcript) note(format string, args ...any) {
+	t.add(Note, fmt.Sprintf(format, args...))
+}
+
+// addSecret registers a string never to be shown.
+func (t *transcript) addSecret(s string) {
+	if len(s) >= minSecretLen {
+		t.secrets = append(t.secrets, s)
+	}
+}
+
+// scrub replaces every registered secret in s.
+func (t *transcript) scrub(s string) string {
+	for _, secret := range t.secrets {
+		if strings.Contains(s, secret) {
+			s = strings.ReplaceAll(s, secret, Redacted)
+		}
+	}
+	return s
+}
+
+func (t *transcript) add(dir Direction, text string) {
+	text = printable(t.scrub(text), maxTranscriptLineLen)
+	t.logger.Debug("SMTP "+string(dir), "line", text)
+	switch {
+	case len(t.lines) < maxTranscriptLines-1:
+		t.lines = append(t.lines, TranscriptLine{At: time.Since(t.start), Dir: dir, Text: text})
+	case !t.truncated:
+		t.truncated = true
+		t.lines = append(t.lines, TranscriptLine{At: time.Since(t.start), Dir: Note, Text: "transcript truncated"})
+	}
+}
+
+// printable makes s safe to store and show: valid UTF-8, control
+// characters as U+FFFD, at most max bytes.
+func printable(s string, max int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = strings.Map(func(r rune) rune {
+		if (r < 0x20 && r != '\t') || r == 0x7f {
+			return utf8.RuneError
+		}
+		return r
+	}, s)
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
+}
