@@ -2,7 +2,6 @@ package collector
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -158,8 +157,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("too many probes in flight (limit %d), try again later", cap(h.slots)), http.StatusServiceUnavailable)
 		return
 	}
-	entry, registry := h.run(r.Context(), target, moduleName, module, timeout)
-	h.release()
+	entry, registry := func() (*Entry, *prometheus.Registry) {
+		defer h.release()
+		return h.run(r.Context(), target, moduleName, module, timeout)
+	}()
 	h.history.Add(entry)
 
 	if params.Get("debug") == "true" {
@@ -261,12 +262,12 @@ func (h *Handler) runProbe(ctx context.Context, target string, module config.Mod
 	return h.probe(ctx, target, module, probeID, plog.probe)
 }
 
-// logOutcome writes the probe's last line: in full to the probe's log, and
-// for a failure once to the main log, which thereby says which targets fail
-// and why without debug logging.
+// logOutcome writes one line to the main log for a failed probe, which
+// thereby says which targets fail and why without debug logging. The
+// prober logs its own outcome to the probe's log; when its lines already
+// reach the main log at warn or above, this line would repeat it.
 func (h *Handler) logOutcome(plog *probeLog, r *prober.Result) {
-	if r.Success {
-		plog.probe.Info("Probe succeeded", "duration_seconds", r.Duration.Seconds())
+	if r.Success || h.probeLogLevel >= slog.LevelWarn {
 		return
 	}
 	attrs := []any{"duration_seconds", r.Duration.Seconds()}
@@ -276,7 +277,6 @@ func (h *Handler) logOutcome(plog *probeLog, r *prober.Result) {
 			attrs = append(attrs, "err", f.Err.Error())
 		}
 	}
-	plog.captureOnly.Error("Probe failed", attrs...)
 	plog.main.Warn("Probe failed", attrs...)
 }
 
@@ -323,11 +323,6 @@ func probeTimeout(header string, offset, moduleTimeout time.Duration) (time.Dura
 	return min(timeout, moduleTimeout), nil
 }
 
-// errNoProber is what a handler without a prober reports.
-var errNoProber = errors.New("no prober configured")
-
-// defaultProbe stands for prober.Probe.
-var defaultProbe ProbeFunc = func(_ context.Context, target string, _ config.Module, _ string, logger *slog.Logger) *prober.Result {
-	logger.Error("Cannot probe", "err", errNoProber)
-	return nil
-}
+// defaultProbe is the real prober; a variable so that the default is
+// visible where NewHandler applies it.
+var defaultProbe ProbeFunc = prober.Probe

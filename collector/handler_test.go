@@ -432,7 +432,6 @@ func TestDebugOutput(t *testing.T) {
 	for _, want := range []string{
 		`msg="Beginning probe" probe_id=`,
 		`msg=Dialing addr=127.0.0.1:587`,
-		`msg="Probe failed" duration_seconds=0.25 phase=auth reason=auth_rejected err="535 5.7.8 Error: authentication failed"`,
 		"[   0.036s] C: AUTH PLAIN <redacted>\n",
 		// The escape sequence the server sent is shown, not passed on.
 		`S: 535 5.7.8 Error: authentication failed\x1b[2J`,
@@ -676,5 +675,37 @@ func TestBoundResult(t *testing.T) {
 	}
 	if len(r.Transcript) != 2*maxTranscriptLines || r.Transcript[maxTranscriptLines].Dir != prober.Server {
 		t.Error("the prober's Result was modified")
+	}
+}
+
+// TestExporterWiring checks that the handlers NewExporter returns share one
+// history and register the probing metrics.
+func TestExporterWiring(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	fake := &fakeProber{result: dnsFailedResult}
+	exp := NewExporter(Options{
+		Config:       newTestConfig(t, testConfigYAML),
+		HistoryLimit: 5,
+		Registerer:   reg,
+		Probe:        fake.probe,
+	})
+	rec := httptest.NewRecorder()
+	exp.ProbeHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/probe?target=a.example&module=relay", nil))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("probe: status %d", rec.Code)
+	}
+	rec = httptest.NewRecorder()
+	exp.LogsHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/logs?id=1", nil))
+	if rec.Code != http.StatusOK {
+		t.Errorf("logs of the probe just run: status %d", rec.Code)
+	}
+	rec = httptest.NewRecorder()
+	exp.LandingHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+	if !strings.Contains(rec.Body.String(), `href="logs?id=1"`) {
+		t.Error("landing page does not list the probe")
+	}
+	n, err := testutil.GatherAndCount(reg, "smtp_exporter_module_unknown_total", "smtp_exporter_probes_in_flight", "smtp_exporter_probes_rejected_total")
+	if err != nil || n != 3 {
+		t.Errorf("exporter metrics registered: %d (%v), want 3", n, err)
 	}
 }

@@ -111,7 +111,7 @@ type probeLog struct {
 	// logger; it is what the prober gets.
 	probe *slog.Logger
 	// captureOnly writes to the buffer alone, for lines that the main log
-	// gets in another form.
+	// gets in another form or not at all.
 	captureOnly *slog.Logger
 	// main is the process's logger with the probe's identity attached. The
 	// buffer's lines go without it: they are all about the one probe, and its

@@ -49,11 +49,11 @@ var (
 		"FNV-32a hash of the address dialled, to notice when the target's address changes.")
 
 	sslEarliestExpiryDesc = probeDesc("ssl_earliest_cert_expiry",
-		"Earliest expiry of the certificates the server presented, as a Unix timestamp in seconds.")
+		"Earliest expiry of the certificates the server presented, verified or not, as a Unix timestamp in seconds.")
 	sslLastChainExpiryDesc = probeDesc("ssl_last_chain_expiry_timestamp_seconds",
 		"Expiry of the verified chain that expires last (each chain expiring with its earliest certificate), as a Unix timestamp in seconds.")
 	sslLastChainInfoDesc = probeDesc("ssl_last_chain_info",
-		"The server's leaf certificate: SHA-256 fingerprint, subject, issuer, DNS names and serial number. Always 1.",
+		"The leaf certificate the server presented, verified or not: SHA-256 fingerprint, subject, issuer, DNS names and serial number. Always 1.",
 		"fingerprint_sha256", "subject", "issuer", "subjectalternative", "serialnumber")
 	tlsVersionDesc = probeDesc("tls_version_info",
 		"TLS version of the encrypted session. Always 1.", "version")
@@ -207,17 +207,18 @@ func (c *probeCollector) collectPhases(ch chan<- prometheus.Metric) {
 
 func (c *probeCollector) collectTLS(ch chan<- prometheus.Metric) {
 	state := c.result.TLS
-	if state == nil {
-		return
+	// The presented certificates are reported even when verification
+	// failed and there is no session, so that an expired certificate shows
+	// as an expiry in the past rather than as nothing.
+	presented := c.result.PeerCertificates
+	if len(presented) == 0 && state != nil {
+		presented = state.PeerCertificates
 	}
-	if earliest, ok := earliestExpiry(state.PeerCertificates); ok {
+	if earliest, ok := earliestExpiry(presented); ok {
 		gauge(ch, sslEarliestExpiryDesc, float64(earliest.Unix()))
 	}
-	if last, ok := lastChainExpiry(state.VerifiedChains); ok {
-		gauge(ch, sslLastChainExpiryDesc, float64(last.Unix()))
-	}
-	if len(state.PeerCertificates) > 0 {
-		leaf := state.PeerCertificates[0]
+	if len(presented) > 0 && presented[0] != nil {
+		leaf := presented[0]
 		fingerprint := sha256.Sum256(leaf.Raw)
 		gauge(ch, sslLastChainInfoDesc, 1,
 			hex.EncodeToString(fingerprint[:]),
@@ -226,6 +227,12 @@ func (c *probeCollector) collectTLS(ch chan<- prometheus.Metric) {
 			certLabel(strings.Join(leaf.DNSNames, ",")),
 			fmt.Sprintf("%x", leaf.SerialNumber.Bytes()),
 		)
+	}
+	if state == nil {
+		return
+	}
+	if last, ok := lastChainExpiry(state.VerifiedChains); ok {
+		gauge(ch, sslLastChainExpiryDesc, float64(last.Unix()))
 	}
 	gauge(ch, tlsVersionDesc, 1, tls.VersionName(state.Version))
 	gauge(ch, tlsCipherDesc, 1, tls.CipherSuiteName(state.CipherSuite))

@@ -80,7 +80,6 @@ func successResult(state *tls.ConnectionState) *prober.Result {
 		DNSLookupTime: ms(5),
 		IP:            netip.MustParseAddr("127.0.0.1"),
 		Phases: []prober.PhaseResult{
-			{Phase: prober.PhaseSetup, Ran: true, Duration: ms(5)},
 			{Phase: prober.PhaseConnect, Ran: true, Duration: ms(10)},
 			{Phase: prober.PhaseBanner, Ran: true, Duration: ms(20), Code: 220},
 			{Phase: prober.PhaseEHLO, Ran: true, Duration: ms(15), Code: 250},
@@ -107,7 +106,7 @@ func authFailedResult(state *tls.ConnectionState) *prober.Result {
 	r := successResult(state)
 	r.Success = false
 	r.AuthSuccess = false
-	r.Phases[6] = prober.PhaseResult{Phase: prober.PhaseAuth, Ran: true, Duration: ms(100), Code: 535, Enhanced: "5.7.8"}
+	r.Phases[5] = prober.PhaseResult{Phase: prober.PhaseAuth, Ran: true, Duration: ms(100), Code: 535, Enhanced: "5.7.8"}
 	r.Failure = &prober.Failure{Phase: prober.PhaseAuth, Reason: prober.ReasonAuthRejected,
 		Err: errors.New("535 5.7.8 Error: authentication failed")}
 	return r
@@ -121,7 +120,6 @@ func dnsFailedResult() *prober.Result {
 		Port:          587,
 		DNSLookupTime: ms(30),
 		Phases: []prober.PhaseResult{
-			{Phase: prober.PhaseSetup, Ran: true, Duration: ms(30)},
 			{Phase: prober.PhaseConnect},
 			{Phase: prober.PhaseBanner},
 			{Phase: prober.PhaseEHLO},
@@ -144,7 +142,6 @@ func canaryResult() *prober.Result {
 		DNSLookupTime: ms(1),
 		IP:            netip.MustParseAddr("::1"),
 		Phases: []prober.PhaseResult{
-			{Phase: prober.PhaseSetup, Ran: true, Duration: ms(1)},
 			{Phase: prober.PhaseConnect, Ran: true, Duration: ms(1)},
 			{Phase: prober.PhaseBanner, Ran: true, Duration: ms(2), Code: 220},
 			{Phase: prober.PhaseEHLO, Ran: true, Duration: ms(3), Code: 250},
@@ -340,4 +337,42 @@ func gatherValues(t *testing.T, c prometheus.Collector) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// TestFailedVerificationReportsCertificate covers a STARTTLS handshake that
+// failed on an expired certificate: no session, but the presented
+// certificate's expiry (in the past) and identity are still reported.
+func TestFailedVerificationReportsCertificate(t *testing.T) {
+	expiredAt := time.Now().Add(-24 * time.Hour).Truncate(time.Second)
+	ca := newTestCert(t, "Test Root A", 1, time.Now().Add(24*time.Hour), nil, nil)
+	leaf := newTestCert(t, "mail.example.net", 7, expiredAt, []string{"mail.example.net"}, ca)
+
+	r := dnsFailedResult()
+	r.IP = netip.MustParseAddr("127.0.0.1")
+	r.Phases[0] = prober.PhaseResult{Phase: prober.PhaseConnect, Ran: true, Duration: ms(1)}
+	r.Phases[1] = prober.PhaseResult{Phase: prober.PhaseBanner, Ran: true, Duration: ms(1), Code: 220}
+	r.Phases[2] = prober.PhaseResult{Phase: prober.PhaseEHLO, Ran: true, Duration: ms(1), Code: 250}
+	r.Phases[3] = prober.PhaseResult{Phase: prober.PhaseStartTLS, Ran: true, Duration: ms(5), Code: 220}
+	r.PeerCertificates = []*x509.Certificate{leaf.cert}
+	r.Failure = &prober.Failure{Phase: prober.PhaseStartTLS, Reason: prober.ReasonCertificate}
+
+	c := New(r, time.Second)
+	got := gatherValues(t, c)
+	if v := got["probe_ssl_earliest_cert_expiry"]; v != float64(expiredAt.Unix()) {
+		t.Errorf("earliest expiry = %v, want %v (in the past)", v, expiredAt.Unix())
+	}
+	if got["probe_smtp_tls"] != 0 {
+		t.Error("a failed handshake counted as an encrypted session")
+	}
+	for _, absent := range []string{"probe_ssl_last_chain_expiry_timestamp_seconds", "probe_tls_version_info", "probe_tls_cipher_info"} {
+		if n := testutil.CollectAndCount(c, absent); n != 0 {
+			t.Errorf("%s reported without a session", absent)
+		}
+	}
+	if n := testutil.CollectAndCount(c, "probe_ssl_last_chain_info"); n != 1 {
+		t.Errorf("leaf info series = %d, want 1", n)
+	}
+	if problems, err := testutil.CollectAndLint(c); err != nil || len(problems) > 0 {
+		t.Errorf("lint: %v %v", err, problems)
+	}
 }
