@@ -184,9 +184,9 @@ func (a *Auth) validate(path []string) error {
 	return nil
 }
 
-// generatedHeaders are written by the message builder and cannot be
-// overridden from the configuration.
-var generatedHeaders = []string{
+// GeneratedHeaders are written by the message builder and cannot be
+// overridden from the configuration (lower case).
+var GeneratedHeaders = []string{
 	"from", "to", "cc", "bcc", "date", "message-id", "subject", "reply-to",
 	"mime-version", "content-type", "content-transfer-encoding", "x-priority",
 	"auto-submitted", "x-smtp-exporter-probe-id",
@@ -235,7 +235,7 @@ func (m *Message) validate(path []string) error {
 		if !isHeaderName(name) {
 			return fieldErr(append(path, "headers", name), "%q is not a valid header name", name)
 		}
-		if slices.Contains(generatedHeaders, strings.ToLower(name)) {
+		if slices.Contains(GeneratedHeaders, strings.ToLower(name)) {
 			return fieldErr(append(path, "headers", name), "header %s is set by the exporter and cannot be overridden", name)
 		}
 		if hasControl(value) {

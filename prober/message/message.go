@@ -56,15 +56,6 @@ const (
 	maxProbeIDInMessageID = 64
 )
 
-// generatedHeaders are written by Build; the configuration validates the
-// same list, and Build checks it again so that an unvalidated Mail can never
-// smuggle a second From or a Bcc into the message.
-var generatedHeaders = []string{
-	"from", "to", "cc", "bcc", "date", "message-id", "subject", "reply-to",
-	"mime-version", "content-type", "content-transfer-encoding", "x-priority",
-	"auto-submitted", "x-smtp-exporter-probe-id",
-}
-
 // Build renders the canary described by m. Attachments are read from disk
 // on every call, so a file changed between probes is sent as it is now.
 // Bcc recipients never appear in the message: they exist only in the
@@ -132,7 +123,9 @@ func Build(m *config.Mail, opts Options) (*Message, error) {
 		if !isHeaderName(name) {
 			return nil, fmt.Errorf("headers: %q is not a valid header name", name)
 		}
-		if slices.Contains(generatedHeaders, strings.ToLower(name)) {
+		// Checked again here, not only at load time, so that a Mail that
+		// never went through validation cannot smuggle in a Bcc or a second From.
+		if slices.Contains(config.GeneratedHeaders, strings.ToLower(name)) {
 			return nil, fmt.Errorf("headers: %s is set by the exporter and cannot be overridden", name)
 		}
 		if err := h.addText(name, msg.Headers[name]); err != nil {
