@@ -709,3 +709,15 @@ func TestExporterWiring(t *testing.T) {
 		t.Errorf("exporter metrics registered: %d (%v), want 3", n, err)
 	}
 }
+
+func TestFormatDuration(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		183 * time.Microsecond:  "0.18ms",
+		250 * time.Millisecond:  "250ms",
+		1254 * time.Millisecond: "1.25s",
+	} {
+		if got := formatDuration(d); got != want {
+			t.Errorf("formatDuration(%v) = %q, want %q", d, got, want)
+		}
+	}
+}

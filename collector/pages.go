@@ -3,6 +3,7 @@ package collector
 import (
 	"bytes"
 	"embed"
+	"fmt"
 	"html/template"
 	"log/slog"
 	"net/http"
@@ -66,7 +67,20 @@ func newProbeRow(e *Entry) probeRow {
 		Success:  e.Success,
 		Phase:    string(e.FailurePhase),
 		Reason:   string(e.FailureReason),
-		Duration: e.Duration.Round(time.Millisecond).String(),
+		Duration: formatDuration(e.Duration),
+	}
+}
+
+// formatDuration keeps two significant figures or so: a refused connection
+// takes a fraction of a millisecond, and "0s" would hide that it ran.
+func formatDuration(d time.Duration) string {
+	switch {
+	case d < 10*time.Millisecond:
+		return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
+	default:
+		return d.Round(10 * time.Millisecond).String()
 	}
 }
 

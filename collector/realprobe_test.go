@@ -4,8 +4,11 @@ import (
 	"encoding/base64"
 	"net/http"
 	"net/url"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/smtp-exporter/smtp_exporter/internal/smtptest"
 )
@@ -126,5 +129,52 @@ func TestRealProbe(t *testing.T) {
 			t.Fatal(err)
 		}
 		assertNoSecret(t, "history entry "+e.ProbeID, b.String())
+	}
+}
+
+// TestRealProbeExpiredCertificate checks, end to end, that a server with an
+// expired certificate fails the probe in starttls and still reports the
+// certificate's expiry, in the past.
+func TestRealProbeExpiredCertificate(t *testing.T) {
+	certs := smtptest.Certs()
+	srv := smtptest.NewServer(t, smtptest.Options{TLS: smtptest.StartTLS, Cert: &certs.Expired})
+	cfg := newTestConfig(t, `
+modules:
+  starttls:
+    timeout: 5s
+    smtp:
+      tls: starttls
+      preferred_ip_protocol: ip4
+      tls_config:
+        ca_file: `+certs.WriteCAFile(t)+`
+`)
+	env := newTestEnv(t, HandlerOpts{Config: cfg})
+	rec := env.get(t, env.handler, "module=starttls&target="+url.QueryEscape(srv.Addr()), nil)
+	if rec.Code != http.StatusOK {
+		t.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	body := rec.Body.String()
+	for _, want := range []string{
+		"probe_success 0\n",
+		"probe_smtp_tls 0\n",
+		`probe_smtp_failure_info{phase="starttls",reason="certificate"} 1`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("response lacks %q:\n%s", want, body)
+		}
+	}
+	m := regexp.MustCompile(`(?m)^probe_ssl_earliest_cert_expiry (\S+)$`).FindStringSubmatch(body)
+	if m == nil {
+		t.Fatalf("no probe_ssl_earliest_cert_expiry:\n%s", body)
+	}
+	expiry, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := float64(certs.Expired.Leaf.NotAfter.Unix()); expiry != want {
+		t.Errorf("earliest expiry %v, want the expired certificate's %v", expiry, want)
+	}
+	if expiry >= float64(time.Now().Unix()) {
+		t.Errorf("expiry %v is not in the past", expiry)
 	}
 }
