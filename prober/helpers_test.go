@@ -5,9 +5,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/smtp-exporter/smtp_exporter/config"
 	"github.com/smtp-exporter/smtp_exporter/internal/smtptest"
@@ -185,4 +187,8 @@ func phaseOf(t testing.TB, r *Result, ph Phase) PhaseResult {
 		t.Fatalf("phase %s not planned; phases: %+v", ph, r.Phases)
 	}
 	return pr
+}
+
+func dialTest(addr string) (net.Conn, error) {
+	return net.DialTimeout("tcp", addr, 5*time.Second)
 }

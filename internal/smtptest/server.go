@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -298,3 +299,57 @@ func (c *Conn) WaitClosed() {
 
 // Close closes the connection.
 func (c *Conn) Close() error { return c.nc.Close() }
+
+// Hangup, at the end of a greeting or reply in NewReplyServer, closes the
+// connection once the text before it is written.
+const Hangup = "\x00hangup"
+
+// commandVerbs are the verbs NewReplyServer answers by default.
+var commandVerbs = []string{"EHLO", "HELO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "VRFY", "QUIT"}
+
+// NewReplyServer starts a server that writes greeting (raw, CRLFs included)
+// and then answers each command by its verb from replies, also raw, so that
+// tests can send broken replies on purpose. A verb not in replies gets
+// "250 ok", QUIT "221 bye" (and the connection ends). Client lines that are
+// not commands, such as AUTH responses, are looked up by their whole text,
+// then under "". A greeting or reply ending in Hangup closes the connection
+// after the text before it.
+func NewReplyServer(t testing.TB, greeting string, replies map[string]string) *Server {
+	t.Helper()
+	send := func(c *Conn, text string) bool {
+		raw, hangup := strings.CutSuffix(text, Hangup)
+		if raw != "" && c.Write(raw) != nil {
+			return false
+		}
+		return !hangup
+	}
+	return NewScripted(t, func(c *Conn) {
+		if !send(c, greeting) {
+			return
+		}
+		for {
+			line, err := c.ReadLine()
+			if err != nil {
+				return
+			}
+			verb, _, _ := strings.Cut(line, " ")
+			verb = strings.ToUpper(verb)
+			reply, ok := replies[verb]
+			if !ok {
+				reply, ok = replies[line]
+			}
+			if !ok && !slices.Contains(commandVerbs, verb) {
+				reply, ok = replies[""]
+			}
+			if !ok {
+				reply = "250 ok\r\n"
+				if verb == "QUIT" {
+					reply = "221 bye\r\n"
+				}
+			}
+			if !send(c, reply) || verb == "QUIT" {
+				return
+			}
+		}
+	})
+}
