@@ -1,0 +1,221 @@
+package main
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestConfigCheck(t *testing.T) {
+	if code := run([]string{"--config.file=smtp_exporter.yml", "--config.check"}, make(chan os.Signal, 1)); code != 0 {
+		t.Errorf("shipped config: exit code %d, want 0", code)
+	}
+	if code := run([]string{"--config.file=config/testdata/bad-tls-mode.yml", "--config.check"}, make(chan os.Signal, 1)); code != 1 {
+		t.Errorf("invalid config: exit code %d, want 1", code)
+	}
+	if code := run([]string{"--config.file=does-not-exist.yml", "--config.check"}, make(chan os.Signal, 1)); code != 1 {
+		t.Errorf("missing config: exit code %d, want 1", code)
+	}
+}
+
+func TestRefusesToStartWithInvalidConfig(t *testing.T) {
+	if code := run([]string{"--config.file=config/testdata/bad-port.yml", "--web.listen-address=127.0.0.1:0"}, make(chan os.Signal, 1)); code != 1 {
+		t.Errorf("exit code %d, want 1", code)
+	}
+}
+
+// exporter starts run() on a free loopback port with the given config file
+// and returns its base URL and the signal channel that stops it.
+func exporter(t *testing.T, configFile string, extraArgs ...string) (string, chan os.Signal) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	signals := make(chan os.Signal, 1)
+	done := make(chan int, 1)
+	args := append([]string{"--config.file=" + configFile, "--web.listen-address=" + addr, "--log.level=error"}, extraArgs...)
+	go func() { done <- run(args, signals) }()
+	t.Cleanup(func() {
+		signals <- syscall.SIGTERM
+		select {
+		case code := <-done:
+			if code != 0 {
+				t.Errorf("exporter exited with %d", code)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("exporter did not stop within 10s of SIGTERM")
+		}
+	})
+	base := "http://" + addr
+	health := base + "/-/healthy"
+	for _, a := range extraArgs {
+		if p, ok := strings.CutPrefix(a, "--web.route-prefix="); ok {
+			health = base + p + "/-/healthy"
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, err := http.Get(health)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return base, signals
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("exporter not healthy after 5s: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func post(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Post(url, "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestEndpointsAndReload(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "smtp_exporter.yml")
+	writeFile(t, path, "modules:\n  first:\n    smtp:\n      tls: none\n")
+	base, signals := exporter(t, path)
+
+	for _, p := range []string{"/-/healthy", "/-/ready", "/", "/config", "/metrics"} {
+		if code, _ := get(t, base+p); code != http.StatusOK {
+			t.Errorf("GET %s: status %d, want 200", p, code)
+		}
+	}
+	if code, _ := get(t, base+"/-/reload"); code != http.StatusMethodNotAllowed {
+		t.Errorf("GET /-/reload: status %d, want 405", code)
+	}
+
+	// A bad file is refused with its reason and the old config keeps serving.
+	writeFile(t, path, "modules:\n  second:\n    smtp:\n      tls: tls\n")
+	code, body := post(t, base+"/-/reload")
+	if code != http.StatusInternalServerError || !strings.Contains(body, "line 4") {
+		t.Errorf("bad reload: status %d body %q, want 500 naming line 4", code, body)
+	}
+	if _, body := get(t, base+"/config"); !strings.Contains(body, "first:") {
+		t.Errorf("old config not served after a failed reload:\n%s", body)
+	}
+	if _, body := get(t, base+"/metrics"); !strings.Contains(body, "smtp_exporter_config_last_reload_successful 0") {
+		t.Error("/metrics does not report the failed reload")
+	}
+
+	writeFile(t, path, "modules:\n  second:\n    smtp:\n      tls: none\n")
+	if code, body := post(t, base+"/-/reload"); code != http.StatusOK {
+		t.Fatalf("good reload: status %d body %q", code, body)
+	}
+	if _, body := get(t, base+"/config"); !strings.Contains(body, "second:") || strings.Contains(body, "first:") {
+		t.Errorf("config after reload:\n%s", body)
+	}
+
+	// SIGHUP reloads too.
+	writeFile(t, path, "modules:\n  third:\n    smtp:\n      tls: none\n")
+	signals <- syscall.SIGHUP
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, body := get(t, base+"/config")
+		if strings.Contains(body, "third:") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("SIGHUP did not reload the config:\n%s", body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// Per-target metrics never appear on /metrics; exporter metrics do.
+	_, metrics := get(t, base+"/metrics")
+	for _, want := range []string{"smtp_exporter_build_info", "smtp_exporter_module_unknown_total", "go_goroutines"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if strings.Contains(metrics, "probe_success") {
+		t.Error("/metrics carries per-probe metrics")
+	}
+}
+
+func TestProbeEndpointValidatesParameters(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "smtp_exporter.yml")
+	writeFile(t, path, "modules:\n  m:\n    smtp:\n      tls: none\n")
+	base, _ := exporter(t, path)
+	cases := map[string]int{
+		"/probe":                              http.StatusBadRequest,
+		"/probe?module=m":                     http.StatusBadRequest,
+		"/probe?target=127.0.0.1&module=nope": http.StatusBadRequest,
+		"/probe?target=127.0.0.1&target=127.0.0.2&module=m": http.StatusBadRequest,
+	}
+	for query, want := range cases {
+		if code, body := get(t, base+query); code != want {
+			t.Errorf("GET %s: status %d (%q), want %d", query, code, body, want)
+		}
+	}
+	if _, metrics := get(t, base+"/metrics"); !strings.Contains(metrics, "smtp_exporter_module_unknown_total 1") {
+		t.Error("unknown module was not counted")
+	}
+}
+
+func TestRoutePrefix(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "smtp_exporter.yml")
+	writeFile(t, path, "modules:\n  m:\n    smtp:\n      tls: none\n")
+	base, _ := exporter(t, path, "--web.route-prefix=/smtp")
+	for _, p := range []string{"/smtp/", "/smtp/metrics", "/smtp/config"} {
+		if code, _ := get(t, base+p); code != http.StatusOK {
+			t.Errorf("GET %s: status %d, want 200", p, code)
+		}
+	}
+	if code, _ := get(t, base+"/metrics"); code != http.StatusNotFound {
+		t.Errorf("GET /metrics outside the prefix: status %d, want 404", code)
+	}
+}
+
+func TestResolveRoutePrefix(t *testing.T) {
+	cases := []struct{ external, prefix, want string }{
+		{"", "", "/"},
+		{"https://example.net/smtp/", "", "/smtp"},
+		{"https://example.net/smtp", "/other/", "/other"},
+	}
+	for _, c := range cases {
+		got, err := resolveRoutePrefix(c.external, c.prefix)
+		if err != nil || got != c.want {
+			t.Errorf("resolveRoutePrefix(%q, %q) = %q, %v; want %q", c.external, c.prefix, got, err, c.want)
+		}
+	}
+	if _, err := resolveRoutePrefix("://bad", ""); err == nil {
+		t.Error("bad external URL accepted")
+	}
+}
