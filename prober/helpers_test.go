@@ -37,6 +37,7 @@ type moduleSpec struct {
 	AllowPlaintext bool
 	Allowed        []string // default ["127.0.0.1"] when auth is set
 	EHLO           string
+	SourceIP       string
 	Mail           string // YAML of the mail block, indented for "  mail:"
 }
 
@@ -50,6 +51,9 @@ func loadModule(t testing.TB, s moduleSpec) config.Module {
 	}
 	fmt.Fprintf(&b, "    timeout: %s\n    smtp:\n", timeout)
 	fmt.Fprintf(&b, "      tls: %s\n      preferred_ip_protocol: ip4\n", s.TLS)
+	if s.SourceIP != "" {
+		fmt.Fprintf(&b, "      source_ip_address: %s\n", s.SourceIP)
+	}
 	if s.EHLO != "" {
 		fmt.Fprintf(&b, "      ehlo: %s\n", s.EHLO)
 	}

@@ -191,7 +191,11 @@ func (p *probe) finish(ph Phase, start time.Time, rep *Reply) {
 // only logged. It returns false so that steps can `return p.fail(...)`.
 func (p *probe) fail(ph Phase, reason Reason, err error) bool {
 	if err != nil {
-		err = errors.New(p.tr.scrub(err.Error()))
+		// Keep the typed error for errors.As unless its text would show a
+		// secret.
+		if text := err.Error(); p.tr.scrub(text) != text {
+			err = errors.New(p.tr.scrub(text))
+		}
 	}
 	switch reason {
 	case ReasonTimeout, ReasonConnectionClosed, ReasonProtocolError, ReasonTLSHandshake,

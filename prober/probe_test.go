@@ -3,6 +3,7 @@ package prober
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -185,6 +186,10 @@ func TestProbeAuthFailures(t *testing.T) {
 			auth := phaseOf(t, r, PhaseAuth)
 			if !auth.Ran || auth.Code != tc.code || auth.Enhanced != tc.enhanced {
 				t.Errorf("auth phase %+v, want code %d enhanced %q", auth, tc.code, tc.enhanced)
+			}
+			var re *ReplyError
+			if tc.code != 0 && (!errors.As(r.Failure.Err, &re) || re.Code != tc.code || re.Enhanced != tc.enhanced || re.Command != "AUTH") {
+				t.Errorf("failure error %v does not carry the reply", r.Failure.Err)
 			}
 			if r.AuthSuccess || r.AuthAttempted != tc.authAttempts {
 				t.Errorf("AuthSuccess %v AuthAttempted %v", r.AuthSuccess, r.AuthAttempted)
@@ -568,5 +573,32 @@ func TestPlannedPhases(t *testing.T) {
 		if got := PlannedPhases(tc.m); !slices.Equal(got, tc.want) {
 			t.Errorf("PlannedPhases = %v, want %v", got, tc.want)
 		}
+	}
+}
+
+func TestProbeSourceIPAddress(t *testing.T) {
+	t.Parallel()
+	remote := make(chan string, 1)
+	srv := smtptest.NewScripted(t, func(c *smtptest.Conn) {
+		host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+		remote <- host
+		c.Reply(220, "mx")
+		for {
+			line, err := c.ReadLine()
+			if err != nil {
+				return
+			}
+			if line == "QUIT" {
+				c.Reply(221, "bye")
+				return
+			}
+			c.Reply(250, "mx")
+		}
+	})
+	m := loadModule(t, moduleSpec{TLS: "none", SourceIP: "127.0.0.2"})
+	r, log := runProbe(t, target(srv), m)
+	requireSuccess(t, r, log)
+	if got := <-remote; got != "127.0.0.2" {
+		t.Errorf("server saw the probe from %s, want 127.0.0.2", got)
 	}
 }

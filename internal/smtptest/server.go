@@ -26,7 +26,7 @@ const (
 	IdleTimeout = 10 * time.Second
 	// closeGrace is how long Close lets handlers finish on their own before
 	// it closes their connections.
-	closeGrace = 2 * time.Second
+	closeGrace = time.Second
 	maxLine    = 64 * 1024
 	maxData    = 32 * 1024 * 1024
 )
@@ -259,6 +259,9 @@ func (c *Conn) StartTLS(cert tls.Certificate) error {
 	c.tls = true
 	return nil
 }
+
+// RemoteAddr returns the client's address.
+func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
 
 // TLS reports whether the connection is encrypted.
 func (c *Conn) TLS() bool { return c.tls }
