@@ -191,8 +191,8 @@ func TestQueueID(t *testing.T) {
 		"ok: queued as ac5291d6406c4":                   "ac5291d6406c4",
 		"OK id=1abc-000123-XY":                          "1abc-000123-XY",
 		"2.0.0 Ok: queued as <20240101.abc@mx.example>": "20240101.abc@mx.example",
-		"2.0.0 Ok":                                      "",
-		"Message accepted for delivery":                 "",
+		"2.0.0 Ok":                      "",
+		"Message accepted for delivery": "",
 	} {
 		if got := queueID(&Reply{Code: 250, Lines: []string{text}}); got != want {
 			t.Errorf("queueID(%q) = %q, want %q", text, got, want)
