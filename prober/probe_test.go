@@ -602,3 +602,24 @@ func TestProbeSourceIPAddress(t *testing.T) {
 		t.Errorf("server saw the probe from %s, want 127.0.0.2", got)
 	}
 }
+
+func TestProbeIPv6Loopback(t *testing.T) {
+	t.Parallel()
+	srv := smtptest.NewScriptedAt(t, "[::1]:0", func(c *smtptest.Conn) {
+		c.Reply(220, "mx")
+		for {
+			line, err := c.ReadLine()
+			if err != nil || line == "QUIT" {
+				c.Reply(221, "bye")
+				return
+			}
+			c.Reply(250, "mx")
+		}
+	})
+	m := loadModule(t, moduleSpec{TLS: "none", Allowed: []string{"::1"}})
+	r, log := runProbe(t, srv.Addr(), m)
+	requireSuccess(t, r, log)
+	if !r.IP.Is6() || r.Host != "::1" {
+		t.Errorf("probed %s at %s", r.Host, r.IP)
+	}
+}

@@ -57,9 +57,21 @@ type Server struct {
 // connection. It is closed by t.Cleanup; Close may be called earlier.
 func NewScripted(t testing.TB, handler Handler) *Server {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return NewScriptedAt(t, "127.0.0.1:0", handler)
+}
+
+// NewScriptedAt is NewScripted on another loopback address, such as
+// "[::1]:0". It skips the test when the address cannot be bound (no IPv6)
+// and refuses any address that is not loopback.
+func NewScriptedAt(t testing.TB, addr string, handler Handler) *Server {
+	t.Helper()
+	host, _, err := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+		t.Fatalf("smtptest: %q is not a loopback address", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		t.Fatalf("smtptest: listen: %v", err)
+		t.Skipf("smtptest: cannot listen on %s: %v", addr, err)
 	}
 	s := &Server{t: t, ln: ln, handler: handler, conns: map[*Conn]struct{}{}}
 	s.wg.Add(1)
@@ -99,7 +111,7 @@ func (s *Server) serve() {
 	}
 }
 
-// Addr returns the listening address, "127.0.0.1:port".
+// Addr returns the listening address, "127.0.0.1:port" or "[::1]:port".
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
 // Port returns the listening port.
