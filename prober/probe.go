@@ -77,7 +77,6 @@ func Probe(ctx context.Context, target string, module config.Module, probeID str
 	p := &probe{
 		ctx:     ctx,
 		target:  target,
-		module:  module,
 		smtp:    &module.SMTP,
 		probeID: probeID,
 		logger:  logger,
@@ -101,14 +100,12 @@ func Probe(ctx context.Context, target string, module config.Module, probeID str
 type probe struct {
 	ctx     context.Context
 	target  string
-	module  config.Module
 	smtp    *config.SMTPProbe
 	probeID string
 	logger  *slog.Logger
 	r       *Result
 	tr      *transcript
 
-	host      string
 	password  string
 	msg       *message.Message
 	tlsConfig *tls.Config
@@ -254,7 +251,7 @@ func (p *probe) setup() bool {
 	if err != nil {
 		return p.fail(PhaseSetup, ReasonTargetInvalid, err)
 	}
-	p.host, p.r.Host, p.r.Port = host, host, port
+	p.r.Host, p.r.Port = host, port
 	hostAllowed := p.smtp.AllowsHost(host, port)
 
 	p.logger.Debug("Resolving target", "host", host, "preferred_ip_protocol", p.smtp.PreferredIPProtocol, "ip_protocol_fallback", p.smtp.IPProtocolFallback)
