@@ -151,6 +151,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	// view=html is what the landing page's form sends: the probe runs and
+	// is recorded exactly as for Prometheus, and the person gets its result
+	// page instead of the exposition. Rendering here rather than redirecting
+	// to logs?id=N works with the history disabled too.
+	view := params.Get("view")
+	if view != "" && view != "html" {
+		http.Error(w, fmt.Sprintf("view parameter %q is not html", view), http.StatusBadRequest)
+		return
+	}
 
 	if !h.acquire() {
 		h.rejected.Inc()
@@ -163,6 +172,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 	h.history.Add(entry)
 
+	if view == "html" {
+		writeProbePage(w, h.logger, entry)
+		return
+	}
 	if params.Get("debug") == "true" {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if err := entry.WriteDebug(w); err != nil {

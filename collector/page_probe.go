@@ -1,0 +1,444 @@
+package collector
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"html/template"
+	"math"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/smtp-exporter/smtp_exporter/prober"
+)
+
+// probePage is what the probe result page shows. Every value that came from
+// a target, a server or a certificate is a plain string here and escaped by
+// html/template when the page is rendered; none is marked safe.
+type probePage struct {
+	ID       uint64
+	ProbeID  string
+	Time     string
+	Module   string
+	Target   string
+	Timeout  string
+	Success  bool
+	Duration string
+	// Failure is nil on success.
+	Failure *failureView
+	// Address is the IP address and port dialled, "" when the probe
+	// stopped before.
+	Address   string
+	DNSLookup string
+
+	Waterfall    waterfall
+	TLS          tlsView
+	Capabilities capabilities
+	// Delivery is nil when the module sends no canary.
+	Delivery   *deliveryView
+	Transcript []transcriptRow
+
+	Log          string
+	Metrics      string
+	ModuleConfig string
+}
+
+type failureView struct {
+	Phase  string
+	Reason string
+	// Meaning explains the reason in a sentence.
+	Meaning string
+	// Detail is the prober's error text, which never holds a secret; "" if
+	// there was none.
+	Detail string
+}
+
+// waterfall lays the phases out on one time axis. The prober measures how
+// long each phase took, not when it began; the phases run back to back, so
+// each begins where the previous ones end, after the setup. The setup
+// (target checks, DNS, credentials) is the part of the probe's duration that
+// no phase accounts for, which also absorbs the few microseconds between
+// phases. The axis therefore spans the probe's duration exactly.
+type waterfall struct {
+	// Scale is the time the full width stands for.
+	Scale time.Duration
+	Ticks []tick
+	Bars  []phaseBar
+}
+
+// tick is a label on the time axis.
+type tick struct {
+	Offset float64 // percent of the width
+	Label  string
+}
+
+// phaseBar is one row of the waterfall.
+type phaseBar struct {
+	Phase string
+	// Ran is false for a planned phase the probe never reached; it has no
+	// bar.
+	Ran          bool
+	Failed       bool
+	Reason       string
+	Duration     time.Duration
+	DurationText string
+	// Offset and Width place the bar, in percent of the scale.
+	Offset, Width float64
+	// Code is the reply that ended the phase, 0 for none.
+	Code     int
+	Enhanced string
+}
+
+// phaseSetup names the waterfall's first row; it is also the phase a
+// failure before the connection is reported in.
+const phaseSetup = string(prober.PhaseSetup)
+
+func newWaterfall(r *prober.Result) waterfall {
+	var phases time.Duration
+	for _, p := range r.Phases {
+		if p.Ran {
+			phases += max(p.Duration, 0)
+		}
+	}
+	setup := max(r.Duration-phases, 0)
+	scale := setup + phases
+
+	w := waterfall{Scale: scale}
+	percent := func(d time.Duration) float64 {
+		if scale <= 0 {
+			return 0
+		}
+		return 100 * float64(d) / float64(scale)
+	}
+	w.Bars = append(w.Bars, phaseBar{
+		Phase:        phaseSetup,
+		Ran:          true,
+		Duration:     setup,
+		DurationText: formatDuration(setup),
+		Width:        percent(setup),
+	})
+	at := setup
+	for _, p := range r.Phases {
+		bar := phaseBar{Phase: string(p.Phase), Ran: p.Ran, Offset: percent(at), Code: p.Code, Enhanced: p.Enhanced}
+		if p.Ran {
+			d := max(p.Duration, 0)
+			bar.Duration, bar.DurationText, bar.Width = d, formatDuration(d), percent(d)
+			at += d
+		}
+		w.Bars = append(w.Bars, bar)
+	}
+	if f := r.Failure; f != nil && !r.Success {
+		marked := false
+		for i := range w.Bars {
+			if w.Bars[i].Phase == string(f.Phase) {
+				w.Bars[i].Failed, w.Bars[i].Reason = true, string(f.Reason)
+				marked = true
+				break
+			}
+		}
+		if !marked {
+			// A failure in a phase the module did not plan is a prober bug,
+			// but the page must still say where the probe stopped.
+			w.Bars = append(w.Bars, phaseBar{Phase: string(f.Phase), Failed: true, Reason: string(f.Reason), Offset: percent(at)})
+		}
+	}
+	if scale > 0 {
+		w.Ticks = append(w.Ticks, tick{Offset: 0, Label: "0"})
+		for i := 1; i <= 4; i++ {
+			w.Ticks = append(w.Ticks, tick{Offset: 25 * float64(i), Label: formatDuration(scale * time.Duration(i) / 4)})
+		}
+	}
+	return w
+}
+
+// tlsView is the TLS session and the certificates the server presented.
+type tlsView struct {
+	// Planned is whether the module uses TLS at all.
+	Planned bool
+	// Established is whether a TLS session came up; the certificates can be
+	// known without it, when their verification failed.
+	Established bool
+	Version     string
+	Cipher      string
+	ServerName  string
+	// Verified is whether the chain verified against the trusted roots.
+	Verified     bool
+	Certificates []certView
+}
+
+type certView struct {
+	Subject   string
+	Issuer    string
+	Names     string
+	Serial    string
+	NotBefore string
+	NotAfter  string
+	// Expiry is the time left or past, such as "in 89 days".
+	Expiry  string
+	Expired bool
+}
+
+func newTLSView(r *prober.Result, now time.Time) tlsView {
+	v := tlsView{}
+	for _, p := range r.Phases {
+		if p.Phase == prober.PhaseTLS || p.Phase == prober.PhaseStartTLS {
+			v.Planned = true
+		}
+	}
+	presented := r.PeerCertificates
+	if s := r.TLS; s != nil {
+		v.Established = true
+		v.Version = tls.VersionName(s.Version)
+		v.Cipher = tls.CipherSuiteName(s.CipherSuite)
+		v.ServerName = printable(s.ServerName)
+		v.Verified = len(s.VerifiedChains) > 0
+		if len(presented) == 0 {
+			presented = s.PeerCertificates
+		}
+	}
+	for _, c := range presented {
+		if c != nil {
+			v.Certificates = append(v.Certificates, newCertView(c, now))
+		}
+	}
+	return v
+}
+
+func newCertView(c *x509.Certificate, now time.Time) certView {
+	names := make([]string, 0, len(c.DNSNames)+len(c.IPAddresses))
+	names = append(names, c.DNSNames...)
+	for _, ip := range c.IPAddresses {
+		names = append(names, ip.String())
+	}
+	v := certView{
+		Subject:   printable(c.Subject.String()),
+		Issuer:    printable(c.Issuer.String()),
+		Names:     printable(strings.Join(names, ", ")),
+		NotBefore: c.NotBefore.UTC().Format(time.RFC3339),
+		NotAfter:  c.NotAfter.UTC().Format(time.RFC3339),
+		Expired:   now.After(c.NotAfter),
+	}
+	if c.SerialNumber != nil {
+		v.Serial = fmt.Sprintf("%x", c.SerialNumber.Bytes())
+	}
+	left := c.NotAfter.Sub(now)
+	days := int(math.Abs(left.Hours()) / 24)
+	switch {
+	case v.Expired:
+		v.Expiry = "expired " + plural(days, "day") + " ago"
+	case now.Before(c.NotBefore):
+		v.Expiry = "not valid yet"
+	default:
+		v.Expiry = "in " + plural(days, "day")
+	}
+	return v
+}
+
+func plural(n int, unit string) string {
+	if n == 1 {
+		return "1 " + unit
+	}
+	return strconv.Itoa(n) + " " + unit + "s"
+}
+
+// capabilities is what the server advertised.
+type capabilities struct {
+	Extensions []extensionList
+	// AuthMechanisms were advertised on the session AUTH ran on.
+	AuthMechanisms []string
+	AuthMechanism  string
+	AuthAttempted  bool
+	AuthSuccess    bool
+	// SizeLimit is "" when SIZE was not advertised.
+	SizeLimit    string
+	HELOFallback bool
+}
+
+type extensionList struct {
+	Phase    string
+	Keywords []string
+}
+
+func newCapabilities(r *prober.Result) capabilities {
+	c := capabilities{
+		AuthMechanisms: printableAll(r.AuthMechanisms),
+		AuthMechanism:  printable(r.AuthMechanism),
+		AuthAttempted:  r.AuthAttempted,
+		AuthSuccess:    r.AuthSuccess,
+		HELOFallback:   r.HELOFallback,
+	}
+	for _, ph := range []prober.Phase{prober.PhaseEHLO, prober.PhaseEHLOTLS} {
+		if kw := r.Extensions[ph]; len(kw) > 0 {
+			c.Extensions = append(c.Extensions, extensionList{Phase: string(ph), Keywords: printableAll(kw)})
+		}
+	}
+	switch {
+	case r.SizeLimit == 0:
+		c.SizeLimit = "no limit"
+	case r.SizeLimit > 0:
+		c.SizeLimit = formatBytes(r.SizeLimit)
+	}
+	return c
+}
+
+func printableAll(list []string) []string {
+	out := make([]string, len(list))
+	for i, s := range list {
+		out[i] = printable(s)
+	}
+	return out
+}
+
+// formatBytes writes a SIZE limit as the server gave it and in MiB, which
+// is how mail administrators configure it.
+func formatBytes(n int64) string {
+	if n < 1<<20 {
+		return strconv.FormatInt(n, 10) + " bytes"
+	}
+	return fmt.Sprintf("%d bytes (%.1f MiB)", n, float64(n)/(1<<20))
+}
+
+// deliveryView is the canary's fate.
+type deliveryView struct {
+	RecipientsAccepted int
+	MessageAccepted    bool
+	// Data is whether the module sends the message or resets after RCPT.
+	Data      bool
+	QueueID   string
+	MessageID string
+}
+
+func newDeliveryView(r *prober.Result) *deliveryView {
+	if _, ok := r.Phase(prober.PhaseMail); !ok {
+		return nil
+	}
+	_, data := r.Phase(prober.PhaseData)
+	return &deliveryView{
+		RecipientsAccepted: r.RecipientsAccepted,
+		MessageAccepted:    r.MessageAccepted,
+		Data:               data,
+		QueueID:            printable(r.QueueID),
+		MessageID:          printable(r.MessageID),
+	}
+}
+
+// transcriptRow is one line of the SMTP conversation.
+type transcriptRow struct {
+	At string
+	// Class is "client", "server" or "note", for the stylesheet.
+	Class string
+	Dir   string
+	Text  string
+}
+
+func newTranscript(lines []prober.TranscriptLine) []transcriptRow {
+	rows := make([]transcriptRow, 0, len(lines))
+	for _, l := range lines {
+		row := transcriptRow{At: fmt.Sprintf("%.3fs", l.At.Seconds()), Dir: printable(string(l.Dir)), Text: printable(l.Text)}
+		switch l.Dir {
+		case prober.Client:
+			row.Class = "client"
+		case prober.Server:
+			row.Class = "server"
+		default:
+			row.Class = "note"
+		}
+		rows = append(rows, row)
+	}
+	return rows
+}
+
+// reasonMeaning explains each failure reason in the words of the README's
+// table, for the person reading the page at night.
+var reasonMeaning = map[prober.Reason]string{
+	prober.ReasonTargetInvalid:        "The target parameter is not host, host:port or [v6]:port.",
+	prober.ReasonTargetNotAllowed:     "The target, or the address it resolved to, is outside the module's allowed_targets; nothing was sent.",
+	prober.ReasonDNS:                  "The target did not resolve, in the preferred IP family or at all.",
+	prober.ReasonCredentials:          "The password_file could not be read.",
+	prober.ReasonMessageUnavailable:   "The canary message could not be built: an attachment is missing or too large.",
+	prober.ReasonConnectionRefused:    "The server refused the TCP connection.",
+	prober.ReasonConnectionFailed:     "The connection could not be made: unreachable network or unusable source address.",
+	prober.ReasonConnectionClosed:     "The server closed the connection in the middle of the conversation.",
+	prober.ReasonTimeout:              "The probe's timeout ran out in this phase.",
+	prober.ReasonTLSHandshake:         "The TLS handshake failed for a reason other than the certificate.",
+	prober.ReasonCertificate:          "The certificate did not verify (expired, wrong name, unknown authority), or in setup a tls_config file could not be loaded.",
+	prober.ReasonProtocolError:        "The server's reply was malformed: bad code, over-long line, too many lines or a bad challenge.",
+	prober.ReasonServiceUnavailable:   "The server answered 421, or refused the greeting with 554.",
+	prober.ReasonUnexpectedReply:      "The server sent a reply code this phase does not accept.",
+	prober.ReasonStartTLSUnavailable:  "The module wants STARTTLS, but the server does not advertise it.",
+	prober.ReasonAuthUnavailable:      "The server advertises no AUTH at all.",
+	prober.ReasonMechanismUnavailable: "The configured AUTH mechanism (for auto: any supported one) is not advertised.",
+	prober.ReasonPlaintextAuthRefused: "AUTH would have run on an unencrypted session and allow_plaintext_auth is off; nothing was sent.",
+	prober.ReasonAuthRejected:         "The server refused the credentials with a 5xx reply (535 5.7.8: wrong username or password).",
+	prober.ReasonAuthTemporaryFailure: "AUTH failed with a 4xx reply: a temporary failure on the server's side.",
+	prober.ReasonSenderRejected:       "The server refused MAIL FROM.",
+	prober.ReasonMessageTooLarge:      "The canary is larger than the SIZE the server advertises; nothing was sent.",
+	prober.ReasonRecipientRejected:    "The server refused a recipient with a 5xx reply (550 5.1.1: no such mailbox).",
+	prober.ReasonRecipientDeferred:    "The server deferred a recipient with a 4xx reply, as greylisting does.",
+	prober.ReasonMessageRejected:      "The server refused DATA with a 5xx reply, before or after the message.",
+	prober.ReasonMessageDeferred:      "The server deferred DATA with a 4xx reply.",
+}
+
+// newProbePage gathers what the result page shows of a history entry; now
+// is the time certificate expiries are measured from.
+func newProbePage(e *Entry, now time.Time) probePage {
+	r := e.Result
+	if r == nil {
+		r = &prober.Result{Success: e.Success, Duration: e.Duration, SizeLimit: -1}
+	}
+	p := probePage{
+		ID:           e.ID,
+		ProbeID:      e.ProbeID,
+		Time:         e.Time.UTC().Format("2006-01-02 15:04:05Z"),
+		Module:       e.Module,
+		Target:       e.Target,
+		Timeout:      formatDuration(e.Timeout),
+		Success:      e.Success,
+		Duration:     formatDuration(e.Duration),
+		Waterfall:    newWaterfall(r),
+		TLS:          newTLSView(r, now),
+		Capabilities: newCapabilities(r),
+		Delivery:     newDeliveryView(r),
+		Transcript:   newTranscript(r.Transcript),
+		Log:          e.Log,
+		Metrics:      e.Metrics,
+		ModuleConfig: e.ModuleConfig,
+	}
+	if r.IP.IsValid() {
+		p.Address = netip.AddrPortFrom(r.IP, uint16(r.Port)).String()
+	} else if r.Host != "" {
+		p.Address = net.JoinHostPort(printable(r.Host), strconv.Itoa(r.Port)) + " (not connected)"
+	}
+	if r.DNSLookupTime > 0 {
+		p.DNSLookup = formatDuration(r.DNSLookupTime)
+	}
+	if !e.Success {
+		f := &failureView{Phase: string(e.FailurePhase), Reason: string(e.FailureReason)}
+		if r.Failure != nil && r.Failure.Err != nil {
+			f.Detail = printable(r.Failure.Err.Error())
+		}
+		if f.Reason == "" {
+			// A prober that returned no result, or one that failed without
+			// saying why: the log tells the rest.
+			f.Reason = "unknown"
+			f.Meaning = "The prober gave no reason; see the probe log below."
+		} else {
+			f.Meaning = reasonMeaning[prober.Reason(f.Reason)]
+		}
+		p.Failure = f
+	}
+	return p
+}
+
+// pageFuncs are the helpers the page templates use.
+var pageFuncs = template.FuncMap{
+	// percent renders a bar position for a style attribute. The value is a
+	// number we computed, so it is safe as CSS.
+	"percent": func(v float64) template.CSS {
+		return template.CSS(strconv.FormatFloat(v, 'f', 3, 64) + "%")
+	},
+	"nanos": func(d time.Duration) int64 { return int64(d) },
+}
