@@ -272,6 +272,12 @@ func (c *Conn) StartTLS(cert tls.Certificate) error {
 	return nil
 }
 
+// NetConn returns the connection underneath, TLS included once StartTLS
+// ran, for writes that must not allocate (a handler flooding a client with
+// megabytes from one buffer) and for socket options. Reads must go through
+// ReadLine and ReadData, which buffer.
+func (c *Conn) NetConn() net.Conn { return c.nc }
+
 // RemoteAddr returns the client's address.
 func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
 
@@ -314,6 +320,22 @@ func (c *Conn) WaitClosed() {
 
 // Close closes the connection.
 func (c *Conn) Close() error { return c.nc.Close() }
+
+// Reset aborts the connection with a TCP RST rather than an orderly FIN
+// (SO_LINGER 0, then close), as a crashing server or a middlebox does. The
+// client's next read or write fails with "connection reset by peer".
+func (c *Conn) Reset() error {
+	nc := c.nc
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	if tcp, ok := nc.(*net.TCPConn); ok {
+		if err := tcp.SetLinger(0); err != nil {
+			return err
+		}
+	}
+	return nc.Close()
+}
 
 // Hangup, at the end of a greeting or reply in NewReplyServer, closes the
 // connection once the text before it is written.

@@ -13,6 +13,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -230,5 +231,32 @@ func TestCloseDoesNotWaitForeverOnAClient(t *testing.T) {
 	}
 	if _, err := net.DialTimeout("tcp", s.Addr(), time.Second); err == nil {
 		t.Error("server still accepting after Close")
+	}
+}
+
+func TestResetSendsRST(t *testing.T) {
+	t.Parallel()
+	s := NewScripted(t, func(c *Conn) {
+		c.Reply(220, "mx")
+		if _, err := c.ReadLine(); err == nil {
+			c.Reset()
+		}
+	})
+	nc, err := net.DialTimeout("tcp", s.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 64)
+	if _, err := nc.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nc.Write([]byte("EHLO me\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	// An orderly close would read as io.EOF; a reset is ECONNRESET.
+	if _, err := nc.Read(buf); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("read after Reset: %v, want connection reset", err)
 	}
 }
