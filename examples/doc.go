@@ -1,0 +1,11 @@
+// Package examples holds no code: it is the home of the tests of the shipped
+// examples, the Prometheus scrape configuration and alerting rules in
+// prometheus/, the Alertmanager routing in alertmanager/, the Grafana
+// dashboard in grafana/ and the Kubernetes manifests in kubernetes/ (whose
+// strict validation against the Kubernetes API types is the separate module
+// in kubernetes/validate).
+//
+// The tests run promtool and amtool when they are installed (Debian packages
+// prometheus and prometheus-alertmanager); with CI=true a missing tool is a
+// failure rather than a skip.
+package examples

@@ -1,0 +1,511 @@
+package validate
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+	"sigs.k8s.io/yaml"
+)
+
+// Paths relative to this directory.
+const (
+	kubernetesDir  = ".."
+	baseDir        = "../base"
+	secretExample  = "../secret.example.yaml"
+	shippedConfig  = "../../../smtp_exporter.yml"
+	dockerfile     = "../../../Dockerfile"
+	prometheusYAML = "../../prometheus/prometheus.yml"
+
+	namespace    = "monitoring"
+	exporterPort = 9465
+)
+
+// manifests is everything one kustomization produces, decoded into the API
+// types.
+type manifests struct {
+	deployments     []*appsv1.Deployment
+	services        []*corev1.Service
+	configMaps      []*corev1.ConfigMap
+	budgets         []*policyv1.PodDisruptionBudget
+	probes          []*monitoringv1.Probe
+	serviceMonitors []*monitoringv1.ServiceMonitor
+}
+
+// decodeStrict decodes one YAML document into obj, refusing unknown and
+// duplicate fields: a misspelt or misplaced key in a manifest is an error
+// here, where the API server would silently drop it.
+func decodeStrict(t *testing.T, what string, data []byte, obj any) {
+	t.Helper()
+	if err := yaml.UnmarshalStrict(data, obj); err != nil {
+		t.Fatalf("%s does not decode strictly into %T: %v", what, obj, err)
+	}
+}
+
+// build runs kustomize on dir as `kubectl apply -k` would and decodes every
+// resource it produces.
+func build(t *testing.T, dir string) *manifests {
+	t.Helper()
+	resMap, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		t.Fatalf("kustomize build %s: %v", dir, err)
+	}
+	m := &manifests{}
+	for _, res := range resMap.Resources() {
+		data, err := res.AsYAML()
+		if err != nil {
+			t.Fatalf("%s: rendering %s: %v", dir, res.CurId(), err)
+		}
+		what := fmt.Sprintf("%s: %s", dir, res.CurId())
+		if ns := res.GetNamespace(); ns != namespace {
+			t.Errorf("%s is in namespace %q, want %q", what, ns, namespace)
+		}
+		switch gvk := res.GetApiVersion() + " " + res.GetKind(); gvk {
+		case "apps/v1 Deployment":
+			obj := &appsv1.Deployment{}
+			decodeStrict(t, what, data, obj)
+			m.deployments = append(m.deployments, obj)
+		case "v1 Service":
+			obj := &corev1.Service{}
+			decodeStrict(t, what, data, obj)
+			m.services = append(m.services, obj)
+		case "v1 ConfigMap":
+			obj := &corev1.ConfigMap{}
+			decodeStrict(t, what, data, obj)
+			m.configMaps = append(m.configMaps, obj)
+		case "policy/v1 PodDisruptionBudget":
+			obj := &policyv1.PodDisruptionBudget{}
+			decodeStrict(t, what, data, obj)
+			m.budgets = append(m.budgets, obj)
+		case "monitoring.coreos.com/v1 Probe":
+			obj := &monitoringv1.Probe{}
+			decodeStrict(t, what, data, obj)
+			m.probes = append(m.probes, obj)
+		case "monitoring.coreos.com/v1 ServiceMonitor":
+			obj := &monitoringv1.ServiceMonitor{}
+			decodeStrict(t, what, data, obj)
+			m.serviceMonitors = append(m.serviceMonitors, obj)
+		default:
+			t.Errorf("%s: unexpected resource %s (%s); teach this test about it", dir, res.CurId(), gvk)
+		}
+	}
+	return m
+}
+
+// only returns the single element of list, failing the test otherwise.
+func only[T any](t *testing.T, what string, list []T) T {
+	t.Helper()
+	if len(list) != 1 {
+		t.Fatalf("want exactly one %s, got %d", what, len(list))
+	}
+	return list[0]
+}
+
+func readFile(t *testing.T, name string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// exporterConfig is the part of smtp_exporter.yml these tests look at.
+type exporterConfig struct {
+	Modules map[string]struct {
+		SMTP struct {
+			Auth *struct {
+				PasswordFile string `json:"password_file"`
+			} `json:"auth"`
+			AllowedTargets []string `json:"allowed_targets"`
+		} `json:"smtp"`
+	} `json:"modules"`
+}
+
+func loadExporterConfig(t *testing.T, data []byte) exporterConfig {
+	t.Helper()
+	var cfg exporterConfig
+	// Not strict: this is a partial view of the file. The exporter's own
+	// tests validate the whole of it.
+	if err := yaml.Unmarshal(data, &cfg); err != nil {
+		t.Fatalf("parsing the exporter configuration: %v", err)
+	}
+	if len(cfg.Modules) == 0 {
+		t.Fatal("the exporter configuration has no modules")
+	}
+	return cfg
+}
+
+func TestStrictDecodingRejectsUnknownAndDuplicateFields(t *testing.T) {
+	for name, doc := range map[string]string{
+		"misspelt field":  "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {replica: 2}\n",
+		"misplaced field": "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {template: {spec: {readOnlyRootFilesystem: true}}}\n",
+		"duplicate field": "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nmetadata: {name: y}\n",
+	} {
+		if err := yaml.UnmarshalStrict([]byte(doc), &appsv1.Deployment{}); err == nil {
+			t.Errorf("%s: strict decoding accepted %q", name, doc)
+		}
+	}
+}
+
+func TestKustomizationsBuild(t *testing.T) {
+	for _, tc := range []struct {
+		dir                    string
+		probes, serviceMonitor int
+	}{
+		{dir: baseDir},
+		{dir: kubernetesDir, probes: len(loadExporterConfig(t, readFile(t, shippedConfig)).Modules), serviceMonitor: 1},
+	} {
+		m := build(t, tc.dir)
+		counts := fmt.Sprintf("%d Deployment, %d Service, %d ConfigMap, %d PodDisruptionBudget, %d Probe, %d ServiceMonitor",
+			len(m.deployments), len(m.services), len(m.configMaps), len(m.budgets), len(m.probes), len(m.serviceMonitors))
+		want := fmt.Sprintf("1 Deployment, 1 Service, 1 ConfigMap, 1 PodDisruptionBudget, %d Probe, %d ServiceMonitor", tc.probes, tc.serviceMonitor)
+		if counts != want {
+			t.Errorf("kustomize build %s: got %s, want %s", tc.dir, counts, want)
+		}
+	}
+}
+
+func exporterContainer(t *testing.T, d *appsv1.Deployment) corev1.Container {
+	t.Helper()
+	return only(t, "container in the Deployment", d.Spec.Template.Spec.Containers)
+}
+
+func TestDeploymentIsHardened(t *testing.T) {
+	d := only(t, "Deployment", build(t, kubernetesDir).deployments)
+	pod := d.Spec.Template.Spec
+	c := exporterContainer(t, d)
+
+	if d.Spec.Replicas == nil || *d.Spec.Replicas != 2 {
+		t.Errorf("replicas = %v, want 2", d.Spec.Replicas)
+	}
+	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
+		t.Error("the pod mounts a service account token it has no use for")
+	}
+	psc := pod.SecurityContext
+	if psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot {
+		t.Error("pod securityContext.runAsNonRoot is not true")
+	}
+	if psc == nil || psc.RunAsUser == nil || *psc.RunAsUser == 0 {
+		t.Error("pod securityContext.runAsUser is not a non-root uid")
+	}
+	if psc == nil || psc.SeccompProfile == nil || psc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Error("pod seccompProfile is not RuntimeDefault")
+	}
+
+	sc := c.SecurityContext
+	if sc == nil {
+		t.Fatal("the container has no securityContext")
+	}
+	if sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
+		t.Error("container runAsNonRoot is not true")
+	}
+	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		t.Error("container readOnlyRootFilesystem is not true")
+	}
+	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		t.Error("container allowPrivilegeEscalation is not false")
+	}
+	if sc.Privileged != nil && *sc.Privileged {
+		t.Error("container is privileged")
+	}
+	if sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) != 0 {
+		t.Errorf("container capabilities = %+v, want drop [ALL] and nothing added", sc.Capabilities)
+	}
+
+	for _, name := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+		req, hasReq := c.Resources.Requests[name]
+		lim, hasLim := c.Resources.Limits[name]
+		if !hasReq || !hasLim || req.IsZero() || lim.IsZero() {
+			t.Errorf("%s: request %v and limit %v must both be set", name, req.String(), lim.String())
+			continue
+		}
+		if req.Cmp(lim) > 0 {
+			t.Errorf("%s: request %s is above the limit %s", name, req.String(), lim.String())
+		}
+	}
+	if mem := c.Resources.Limits[corev1.ResourceMemory]; mem.Cmp(resource.MustParse("32Mi")) < 0 {
+		t.Errorf("memory limit %s is too small for a Go process", mem.String())
+	}
+
+	port := only(t, "container port", c.Ports)
+	if port.ContainerPort != exporterPort || port.Name != "http" {
+		t.Errorf("container port = %s/%d, want http/%d", port.Name, port.ContainerPort, exporterPort)
+	}
+	for _, pc := range []struct {
+		what  string
+		probe *corev1.Probe
+		path  string
+	}{
+		{"livenessProbe", c.LivenessProbe, "/-/healthy"},
+		{"readinessProbe", c.ReadinessProbe, "/-/ready"},
+	} {
+		if pc.probe == nil || pc.probe.HTTPGet == nil {
+			t.Errorf("%s is not an HTTP probe", pc.what)
+			continue
+		}
+		get := pc.probe.HTTPGet
+		if get.Path != pc.path {
+			t.Errorf("%s path = %q, want %q", pc.what, get.Path, pc.path)
+		}
+		if resolved := resolvePort(c, get.Port.String()); resolved != exporterPort {
+			t.Errorf("%s port %q resolves to %d, want %d", pc.what, get.Port.String(), resolved, exporterPort)
+		}
+	}
+}
+
+// resolvePort turns a port given by name or number into the number.
+func resolvePort(c corev1.Container, port string) int32 {
+	for _, p := range c.Ports {
+		if p.Name == port || fmt.Sprint(p.ContainerPort) == port {
+			return p.ContainerPort
+		}
+	}
+	return 0
+}
+
+// TestConfigurationAndPasswordAreMounted follows the files the exporter
+// reads from the image's entrypoint to the projected volume: the
+// configuration from the generated ConfigMap, each password_file from the
+// Secret.
+func TestConfigurationAndPasswordAreMounted(t *testing.T) {
+	m := build(t, kubernetesDir)
+	d := only(t, "Deployment", m.deployments)
+	c := exporterContainer(t, d)
+	cm := only(t, "ConfigMap", m.configMaps)
+
+	secret := &corev1.Secret{}
+	decodeStrict(t, secretExample, readFile(t, secretExample), secret)
+	if secret.Namespace != namespace {
+		t.Errorf("the example Secret is in namespace %q, want %q", secret.Namespace, namespace)
+	}
+	for key, value := range secret.StringData {
+		if !strings.Contains(value, "REPLACE") {
+			t.Errorf("the example Secret's %s is not an obvious placeholder: it must never look like a real password", key)
+		}
+	}
+
+	mount := only(t, "volume mount", c.VolumeMounts)
+	if !mount.ReadOnly {
+		t.Error("the configuration volume is mounted read-write")
+	}
+	// mounted maps each file in the mount directory to its source.
+	mounted := map[string]string{}
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.Name != mount.Name {
+			continue
+		}
+		if v.Projected == nil {
+			t.Fatalf("volume %s is not a projected volume of the ConfigMap and the Secret", v.Name)
+		}
+		for _, src := range v.Projected.Sources {
+			switch {
+			case src.ConfigMap != nil:
+				if src.ConfigMap.Name != cm.Name {
+					t.Errorf("the volume names ConfigMap %q; kustomize generated %q", src.ConfigMap.Name, cm.Name)
+				}
+				for _, item := range src.ConfigMap.Items {
+					if _, ok := cm.Data[item.Key]; !ok {
+						t.Errorf("ConfigMap %s has no key %q", cm.Name, item.Key)
+					}
+					mounted[path.Join(mount.MountPath, item.Path)] = "configmap"
+				}
+			case src.Secret != nil:
+				if src.Secret.Name != secret.Name {
+					t.Errorf("the volume names Secret %q; the example Secret is %q", src.Secret.Name, secret.Name)
+				}
+				if src.Secret.Optional != nil && *src.Secret.Optional {
+					t.Error("the Secret is optional: a missing password would only show as failed probes")
+				}
+				for _, item := range src.Secret.Items {
+					if _, ok := secret.StringData[item.Key]; !ok {
+						t.Errorf("the example Secret has no key %q", item.Key)
+					}
+					mounted[path.Join(mount.MountPath, item.Path)] = "secret"
+				}
+			}
+		}
+	}
+
+	configFile := entrypointConfigFile(t)
+	if mounted[configFile] != "configmap" {
+		t.Errorf("the image reads %s, which the ConfigMap does not provide (mounted: %v)", configFile, mounted)
+	}
+	cfg := loadExporterConfig(t, []byte(cm.Data[path.Base(configFile)]))
+	for name, mod := range cfg.Modules {
+		if mod.SMTP.Auth == nil || mod.SMTP.Auth.PasswordFile == "" {
+			continue
+		}
+		if mounted[mod.SMTP.Auth.PasswordFile] != "secret" {
+			t.Errorf("module %s reads password_file %s, which the Secret does not provide (mounted: %v)",
+				name, mod.SMTP.Auth.PasswordFile, mounted)
+		}
+	}
+}
+
+// entrypointConfigFile returns the --config.file of the Dockerfile's
+// ENTRYPOINT, the path the container reads its configuration from.
+func entrypointConfigFile(t *testing.T) string {
+	t.Helper()
+	match := regexp.MustCompile(`(?m)^ENTRYPOINT .*"--config\.file=([^"]+)"`).FindSubmatch(readFile(t, dockerfile))
+	if match == nil {
+		t.Fatalf("no --config.file in the ENTRYPOINT of %s", dockerfile)
+	}
+	return string(match[1])
+}
+
+func TestConfigMapIsTheShippedConfiguration(t *testing.T) {
+	shipped := readFile(t, shippedConfig)
+	if copied := readFile(t, filepath.Join(baseDir, "smtp_exporter.yml")); !bytes.Equal(copied, shipped) {
+		t.Errorf("%s differs from %s; copy it again:\n  cp smtp_exporter.yml examples/kubernetes/base/smtp_exporter.yml",
+			filepath.Join(baseDir, "smtp_exporter.yml"), shippedConfig)
+	}
+	cm := only(t, "ConfigMap", build(t, baseDir).configMaps)
+	if got := cm.Data["smtp_exporter.yml"]; got != string(shipped) {
+		t.Errorf("ConfigMap %s does not hold the shipped configuration", cm.Name)
+	}
+}
+
+func TestServiceAndBudgetSelectTheExporterPods(t *testing.T) {
+	m := build(t, kubernetesDir)
+	d := only(t, "Deployment", m.deployments)
+	podLabels := labels.Set(d.Spec.Template.Labels)
+	c := exporterContainer(t, d)
+
+	selector, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
+	if err != nil || !selector.Matches(podLabels) {
+		t.Errorf("the Deployment's selector %v does not match its own pods (%v)", d.Spec.Selector, err)
+	}
+
+	svc := only(t, "Service", m.services)
+	if len(svc.Spec.Selector) == 0 || !labels.SelectorFromSet(svc.Spec.Selector).Matches(podLabels) {
+		t.Errorf("Service selector %v does not select the pods %v", svc.Spec.Selector, podLabels)
+	}
+	port := only(t, "Service port", svc.Spec.Ports)
+	if port.Port != exporterPort || resolvePort(c, port.TargetPort.String()) != exporterPort {
+		t.Errorf("Service port %d -> %s, want %d -> the container's %d", port.Port, port.TargetPort.String(), exporterPort, exporterPort)
+	}
+
+	pdb := only(t, "PodDisruptionBudget", m.budgets)
+	pdbSelector, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector)
+	if err != nil || !pdbSelector.Matches(podLabels) {
+		t.Errorf("the PodDisruptionBudget's selector %v does not select the pods (%v)", pdb.Spec.Selector, err)
+	}
+	if pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.IntValue() < 1 || int32(pdb.Spec.MinAvailable.IntValue()) >= *d.Spec.Replicas {
+		t.Errorf("minAvailable %v must keep at least one pod and still let a node drain with %d replicas", pdb.Spec.MinAvailable, *d.Spec.Replicas)
+	}
+}
+
+// prometheusJobs maps each module to the job name examples/prometheus
+// scrapes it under; the alerting rules and the Probes must agree on them.
+func prometheusJobs(t *testing.T) map[string]string {
+	t.Helper()
+	var cfg struct {
+		ScrapeConfigs []struct {
+			JobName string              `json:"job_name"`
+			Params  map[string][]string `json:"params"`
+		} `json:"scrape_configs"`
+	}
+	if err := yaml.Unmarshal(readFile(t, prometheusYAML), &cfg); err != nil {
+		t.Fatalf("%s: %v", prometheusYAML, err)
+	}
+	jobs := map[string]string{}
+	for _, sc := range cfg.ScrapeConfigs {
+		if modules := sc.Params["module"]; len(modules) == 1 {
+			jobs[modules[0]] = sc.JobName
+		}
+	}
+	return jobs
+}
+
+func TestProbesCoverEveryModule(t *testing.T) {
+	m := build(t, kubernetesDir)
+	svc := only(t, "Service", m.services)
+	cfg := loadExporterConfig(t, readFile(t, shippedConfig))
+	jobs := prometheusJobs(t)
+	proberURL := fmt.Sprintf("%s.%s.svc:%d", svc.Name, svc.Namespace, exporterPort)
+
+	seen := map[string]bool{}
+	for _, p := range m.probes {
+		spec := p.Spec
+		module, ok := cfg.Modules[spec.Module]
+		if !ok {
+			t.Errorf("Probe %s names module %q, which smtp_exporter.yml does not define", p.Name, spec.Module)
+			continue
+		}
+		if seen[spec.Module] {
+			t.Errorf("module %s has more than one Probe", spec.Module)
+		}
+		seen[spec.Module] = true
+		if spec.ProberSpec.URL != proberURL || spec.ProberSpec.Path != "/probe" {
+			t.Errorf("Probe %s sends to %s%s, want the Service at %s/probe", p.Name, spec.ProberSpec.URL, spec.ProberSpec.Path, proberURL)
+		}
+		if want := jobs[spec.Module]; spec.JobName != want {
+			t.Errorf("Probe %s has jobName %q; %s scrapes module %s as job %q", p.Name, spec.JobName, prometheusYAML, spec.Module, want)
+		}
+		static := spec.Targets.StaticConfig
+		if static == nil || len(static.Targets) == 0 {
+			t.Errorf("Probe %s has no static targets", p.Name)
+			continue
+		}
+		if static.Labels["module"] != spec.Module {
+			t.Errorf("Probe %s labels its targets module=%q, want %q", p.Name, static.Labels["module"], spec.Module)
+		}
+		// A module with allowed_targets refuses anything else before
+		// connecting; every target here must be one it accepts.
+		if allowed := module.SMTP.AllowedTargets; len(allowed) > 0 && !slices.Contains(allowed, "*") {
+			for _, target := range static.Targets {
+				if !slices.Contains(allowed, target) {
+					t.Errorf("Probe %s targets %s, which module %s does not allow (allowed_targets: %v)", p.Name, target, spec.Module, allowed)
+				}
+			}
+		}
+		if spec.Interval == "" || spec.ScrapeTimeout == "" {
+			t.Errorf("Probe %s sets no interval or scrapeTimeout", p.Name)
+		}
+	}
+	for name := range cfg.Modules {
+		if !seen[name] {
+			t.Errorf("module %s of smtp_exporter.yml has no Probe", name)
+		}
+	}
+}
+
+func TestServiceMonitorScrapesTheExporter(t *testing.T) {
+	m := build(t, kubernetesDir)
+	svc := only(t, "Service", m.services)
+	sm := only(t, "ServiceMonitor", m.serviceMonitors)
+
+	selector, err := metav1.LabelSelectorAsSelector(&sm.Spec.Selector)
+	if err != nil || !selector.Matches(labels.Set(svc.Labels)) {
+		t.Errorf("ServiceMonitor selector %v does not select Service %s (labels %v): %v", sm.Spec.Selector, svc.Name, svc.Labels, err)
+	}
+	ep := only(t, "ServiceMonitor endpoint", sm.Spec.Endpoints)
+	if ep.Port != only(t, "Service port", svc.Spec.Ports).Name || ep.Path != "/metrics" {
+		t.Errorf("endpoint scrapes port %q path %q, want the Service's port and /metrics", ep.Port, ep.Path)
+	}
+	setsJob := false
+	for _, r := range ep.RelabelConfigs {
+		if r.TargetLabel == "job" && r.Replacement != nil && *r.Replacement == "smtp_exporter" {
+			setsJob = true
+		}
+	}
+	if !setsJob {
+		t.Error("the ServiceMonitor does not set job=smtp_exporter, which SMTPExporterConfigReloadFailed and the dashboard expect")
+	}
+}
