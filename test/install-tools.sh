@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs the tools the tests drive besides the mail servers (those are
+# test/lab/install.sh's): Prometheus with promtool, Alertmanager with amtool,
+# and Chromium for the browser test of the probe pages. Debian, as root.
+#
+# Idempotent: returns at once when every binary is present. Package scripts
+# are kept from starting the system-wide daemons; tests run their own.
+set -euo pipefail
+
+packages=(prometheus prometheus-alertmanager chromium fonts-dejavu-core)
+binaries=(/usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-alertmanager /usr/bin/amtool /usr/bin/chromium)
+
+have_everything() {
+	local b
+	for b in "${binaries[@]}"; do
+		[[ -x $b ]] || return 1
+	done
+}
+
+if have_everything; then
+	echo "tools install: prometheus, alertmanager and chromium already present"
+	exit 0
+fi
+if [[ $(id -u) -ne 0 ]]; then
+	echo "tools install: must run as root (apt-get)" >&2
+	exit 1
+fi
+
+policy=/usr/sbin/policy-rc.d
+created_policy=""
+if [[ ! -e $policy ]]; then
+	printf '#!/bin/sh\nexit 101\n' >"$policy"
+	chmod 0755 "$policy"
+	created_policy=$policy
+fi
+trap '[[ -z $created_policy ]] || rm -f "$created_policy"' EXIT
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends \
+	-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+	"${packages[@]}"
+
+if ! have_everything; then
+	echo "tools install: still missing after apt-get:" >&2
+	for b in "${binaries[@]}"; do [[ -x $b ]] || echo "  $b" >&2; done
+	exit 1
+fi
