@@ -15,9 +15,13 @@ import (
 // and field and say what is wrong, exactly.
 func TestLoadRejectsInvalidFiles(t *testing.T) {
 	cases := []struct{ file, want string }{
-		{"auth-bad-mechanism.yml", "line 5: modules.submission.smtp.auth.mechanism: unsupported mechanism \"NTLM\" (supported: auto, CRAM-MD5, PLAIN, LOGIN)"},
+		{"auth-bad-mechanism.yml", "line 5: modules.submission.smtp.auth.mechanism: unsupported mechanism \"NTLM\" (supported: auto, SCRAM-SHA-256, SCRAM-SHA-1, CRAM-MD5, PLAIN, LOGIN, OAUTHBEARER, XOAUTH2)"},
 		{"auth-both-passwords.yml", "line 4: modules.submission.smtp.auth: set only one of password and password_file"},
-		{"auth-no-password.yml", "line 4: modules.submission.smtp.auth: one of password and password_file must be set"},
+		{"auth-no-password.yml", "line 4: modules.submission.smtp.auth: one of password, password_file, token_file and oauth2 must be set"},
+		{"auth-password-and-token.yml", "line 4: modules.submission.smtp.auth: set either a password (password, password_file) or a token (token_file, oauth2), not both"},
+		{"auth-password-mechanism-with-token.yml", "line 5: modules.submission.smtp.auth.mechanism: SCRAM-SHA-256 logs in with a password, but the module has a token (token_file or oauth2)"},
+		{"auth-token-file-and-oauth2.yml", "line 4: modules.submission.smtp.auth: set only one of token_file and oauth2"},
+		{"auth-token-mechanism-with-password.yml", "line 5: modules.submission.smtp.auth.mechanism: XOAUTH2 logs in with a token: set token_file or oauth2 instead of a password"},
 		{"auth-username-crlf.yml", "line 5: modules.submission.smtp.auth.username: must not contain CR, LF or other control characters"},
 		{"auth-without-allowed-targets.yml", "line 4: modules.submission.smtp.auth: a module with credentials must list the targets they may be sent to in allowed_targets (use \"*\" to allow any)"},
 		{"bad-allowed-target-port.yml", "line 4: modules.submission.smtp.allowed_targets.0: \"smtp.example.net:0\": invalid port \"0\""},
@@ -29,6 +33,8 @@ func TestLoadRejectsInvalidFiles(t *testing.T) {
 		{"bad-tls-config.yml", "at most one of ca, ca_file & ca_ref must be configured"},
 		{"bad-tls-mode.yml", "line 4: modules.submission.smtp.tls: must be one of none, starttls, implicit; got \"ssl\""},
 		{"bad-yaml-type.yml", "yaml: unmarshal errors:\n  line 4: cannot unmarshal !!str `submission` into int"},
+		{"expect-rejected-with-mail.yml", "line 8: modules.disabled_account.smtp.expect_auth_rejected: cannot be combined with mail: no mail can be sent after a refused login"},
+		{"expect-rejected-without-auth.yml", "line 4: modules.disabled_account.smtp.expect_auth_rejected: needs an auth block: the credentials that must be refused"},
 		{"mail-bad-from.yml", "line 5: modules.canary.smtp.mail.from: \"Probe <probe@example.net>\" must be a bare address such as probe@example.net"},
 		{"mail-bad-priority.yml", "line 8: modules.canary.smtp.mail.message.priority: must be between 1 (highest) and 5 (lowest), got 9"},
 		{"mail-bad-recipient.yml", "line 8: modules.canary.smtp.mail.to.1: must not contain CR, LF or other control characters"},
@@ -36,6 +42,13 @@ func TestLoadRejectsInvalidFiles(t *testing.T) {
 		{"mail-no-recipients.yml", "line 4: modules.canary.smtp.mail: at least one recipient in to, cc or bcc is required"},
 		{"mail-reserved-header.yml", "line 9: modules.canary.smtp.mail.message.headers.Message-ID: header Message-ID is set by the exporter and cannot be overridden"},
 		{"no-modules.yml", "no modules defined"},
+		{"oauth2-bad-scope.yml", "line 12: modules.submission.smtp.auth.oauth2.scopes.1: \"offline_access openid\" is not a scope (no spaces, quotes or control characters)"},
+		{"oauth2-both-client-secrets.yml", "line 6: modules.submission.smtp.auth.oauth2: set only one of client_secret and client_secret_file"},
+		{"oauth2-http-token-url.yml", "line 9: modules.submission.smtp.auth.oauth2.token_url: \"http://login.example.net/oauth2/token\": the token endpoint must use https (http only on a loopback address)"},
+		{"oauth2-no-client-id.yml", "line 6: modules.submission.smtp.auth.oauth2.client_id: must be set"},
+		{"oauth2-no-client-secret.yml", "line 6: modules.submission.smtp.auth.oauth2: the client credentials grant needs client_secret or client_secret_file (or set refresh_token_file for the refresh token grant)"},
+		{"posture-bad-mechanism-name.yml", "line 5: modules.mx.smtp.fail_if_mechanisms_offered.1: \"LOGIN PLAIN\" is not a SASL mechanism name"},
+		{"posture-implicit-auth-offered.yml", "line 5: modules.submissions.smtp.fail_if_auth_offered_without_tls: has no effect with tls: implicit, where EHLO is always encrypted"},
 		{"unknown-field.yml", "yaml: unmarshal errors:\n  line 5: field ehlo_name not found"},
 		{"zero-timeout.yml", "line 3: modules.submission.timeout: must be greater than 0"},
 	}

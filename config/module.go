@@ -1,7 +1,10 @@
 package config
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"os"
+	"time"
 
 	promconfig "github.com/prometheus/common/config"
 	"github.com/prometheus/common/model"
@@ -33,21 +36,41 @@ func (m TLSMode) DefaultPort() int {
 
 // Authentication mechanisms a module can ask for.
 const (
-	MechanismAuto    = "auto"
-	MechanismPlain   = "PLAIN"
-	MechanismLogin   = "LOGIN"
-	MechanismCRAMMD5 = "CRAM-MD5"
+	MechanismAuto        = "auto"
+	MechanismPlain       = "PLAIN"
+	MechanismLogin       = "LOGIN"
+	MechanismCRAMMD5     = "CRAM-MD5"
+	MechanismSCRAMSHA1   = "SCRAM-SHA-1"
+	MechanismSCRAMSHA256 = "SCRAM-SHA-256"
+	MechanismXOAUTH2     = "XOAUTH2"
+	MechanismOAUTHBEARER = "OAUTHBEARER"
 )
 
-// SupportedMechanisms lists the SASL mechanisms the prober implements, in the
-// order "auto" prefers them.
-var SupportedMechanisms = []string{MechanismCRAMMD5, MechanismPlain, MechanismLogin}
+// PasswordMechanisms are the mechanisms that log in with a password, in the
+// order "auto" prefers them: those that never send the password first, and
+// among them the one with the stronger hash.
+var PasswordMechanisms = []string{MechanismSCRAMSHA256, MechanismSCRAMSHA1, MechanismCRAMMD5, MechanismPlain, MechanismLogin}
+
+// TokenMechanisms are the mechanisms that log in with an OAuth 2.0 bearer
+// token, in the order "auto" prefers them: the standard one first.
+var TokenMechanisms = []string{MechanismOAUTHBEARER, MechanismXOAUTH2}
+
+// SupportedMechanisms lists every SASL mechanism the prober implements.
+var SupportedMechanisms = append(append([]string{}, PasswordMechanisms...), TokenMechanisms...)
 
 // Module is one named way of probing a target.
 type Module struct {
 	// Timeout caps the probe; the scrape timeout can only make it shorter.
 	Timeout model.Duration `yaml:"timeout,omitempty"`
-	SMTP    SMTPProbe      `yaml:"smtp"`
+	// MinInterval is the shortest time between two sessions of this module
+	// with one target: a probe within it gets the last result again. 0 is
+	// off.
+	MinInterval model.Duration `yaml:"min_interval,omitempty"`
+	// AuthFailureBackoff is how long an authentication rejection holds
+	// further logins of this module to that target, so that a wrong
+	// password cannot lock the account. 0 is off.
+	AuthFailureBackoff model.Duration `yaml:"auth_failure_backoff"`
+	SMTP               SMTPProbe      `yaml:"smtp"`
 }
 
 // SMTPProbe describes the SMTP conversation of a module.
@@ -64,23 +87,57 @@ type SMTPProbe struct {
 	AllowedTargets      AllowedTargets       `yaml:"allowed_targets,omitempty"`
 	Mail                *Mail                `yaml:"mail,omitempty"`
 
+	// Security posture checks: each turns a policy into a failed probe.
+
+	// FailIfAuthOfferedWithoutTLS fails the probe when the EHLO of the
+	// unencrypted session advertises AUTH.
+	FailIfAuthOfferedWithoutTLS bool `yaml:"fail_if_auth_offered_without_tls,omitempty"`
+	// FailIfMechanismsOffered fails the probe when the EHLO of the
+	// unencrypted session advertises any of these mechanisms (upper-cased).
+	FailIfMechanismsOffered []string `yaml:"fail_if_mechanisms_offered,omitempty"`
+	// ExpectAuthRejected turns the probe around for an account that must
+	// stay disabled: it succeeds only when AUTH is refused with a 5xx.
+	ExpectAuthRejected bool `yaml:"expect_auth_rejected,omitempty"`
+
 	// allowed is AllowedTargets parsed, filled in by validation.
 	allowed []targetRule
 }
 
-// Auth holds the credentials a module logs in with.
+// Auth holds the credentials a module logs in with: a password (password
+// or password_file) or a bearer token (token_file or oauth2), never both.
 type Auth struct {
 	Mechanism    string            `yaml:"mechanism"`
 	Username     string            `yaml:"username"`
 	Password     promconfig.Secret `yaml:"password,omitempty"`
 	PasswordFile string            `yaml:"password_file,omitempty"`
+	// TokenFile holds an OAuth 2.0 access token, read at every probe.
+	TokenFile string `yaml:"token_file,omitempty"`
+	// OAuth2 obtains the access token from a token endpoint.
+	OAuth2 *OAuth2 `yaml:"oauth2,omitempty"`
+}
+
+// OAuth2 is an OAuth 2.0 client that obtains access tokens with the client
+// credentials grant or, when RefreshTokenFile is set, the refresh token grant.
+type OAuth2 struct {
+	ClientID         string            `yaml:"client_id"`
+	ClientSecret     promconfig.Secret `yaml:"client_secret,omitempty"`
+	ClientSecretFile string            `yaml:"client_secret_file,omitempty"`
+	TokenURL         string            `yaml:"token_url"`
+	Scopes           []string          `yaml:"scopes,omitempty"`
+	// RefreshTokenFile selects the refresh token grant; the file is read at
+	// every probe, so that a new refresh token takes effect without a
+	// reload.
+	RefreshTokenFile string `yaml:"refresh_token_file,omitempty"`
+	// TLSConfig is used to reach the token endpoint.
+	TLSConfig promconfig.TLSConfig `yaml:"tls_config,omitempty"`
 }
 
 // Defaults, applied before a module's YAML is decoded over them.
 var (
 	DefaultModule = Module{
-		Timeout: model.Duration(10e9),
-		SMTP:    DefaultSMTPProbe,
+		Timeout:            model.Duration(10 * time.Second),
+		AuthFailureBackoff: model.Duration(5 * time.Minute),
+		SMTP:               DefaultSMTPProbe,
 	}
 	DefaultSMTPProbe = SMTPProbe{
 		TLS:                 TLSStartTLS,
@@ -136,7 +193,95 @@ func (a *Auth) ReadPassword() (string, error) {
 	if a.PasswordFile == "" {
 		return string(a.Password), nil
 	}
-	data, err := os.ReadFile(a.PasswordFile)
+	return readSecretFile(a.PasswordFile)
+}
+
+// UsesToken reports whether the module logs in with a bearer token rather
+// than a password.
+func (a *Auth) UsesToken() bool {
+	return a.TokenFile != "" || a.OAuth2 != nil
+}
+
+// AutoMechanisms returns the mechanisms "auto" may choose, in order of
+// preference: those the module has the credential for.
+func (a *Auth) AutoMechanisms() []string {
+	if a.UsesToken() {
+		return TokenMechanisms
+	}
+	return PasswordMechanisms
+}
+
+// ReadToken returns the access token in token_file, read afresh.
+func (a *Auth) ReadToken() (string, error) {
+	return readSecretFile(a.TokenFile)
+}
+
+// ReadClientSecret returns the client secret, reading client_secret_file
+// afresh; "" when none is configured.
+func (o *OAuth2) ReadClientSecret() (string, error) {
+	if o.ClientSecretFile == "" {
+		return string(o.ClientSecret), nil
+	}
+	return readSecretFile(o.ClientSecretFile)
+}
+
+// ReadRefreshToken returns the refresh token, read afresh; "" for the client
+// credentials grant.
+func (o *OAuth2) ReadRefreshToken() (string, error) {
+	if o.RefreshTokenFile == "" {
+		return "", nil
+	}
+	return readSecretFile(o.RefreshTokenFile)
+}
+
+// CredentialHash returns a SHA-256 digest of the secrets the module would log
+// in with now, read from their files afresh: the password, the token file,
+// or the client secret and refresh token. It tells whether credentials
+// changed without keeping them.
+func (a *Auth) CredentialHash() ([sha256.Size]byte, error) {
+	h := sha256.New()
+	write := func(s string) {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
+		h.Write(n[:])
+		h.Write([]byte(s))
+	}
+	var parts []string
+	switch {
+	case a.TokenFile != "":
+		token, err := a.ReadToken()
+		if err != nil {
+			return [sha256.Size]byte{}, err
+		}
+		parts = []string{"token", token}
+	case a.OAuth2 != nil:
+		secret, err := a.OAuth2.ReadClientSecret()
+		if err != nil {
+			return [sha256.Size]byte{}, err
+		}
+		refresh, err := a.OAuth2.ReadRefreshToken()
+		if err != nil {
+			return [sha256.Size]byte{}, err
+		}
+		parts = []string{"oauth2", secret, refresh}
+	default:
+		password, err := a.ReadPassword()
+		if err != nil {
+			return [sha256.Size]byte{}, err
+		}
+		parts = []string{"password", password}
+	}
+	for _, p := range parts {
+		write(p)
+	}
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	return sum, nil
+}
+
+// readSecretFile reads a secret from a file, dropping surrounding newlines.
+func readSecretFile(path string) (string, error) {
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return "", err
 	}

@@ -6,6 +6,7 @@ import (
 	"mime"
 	"net/mail"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -151,10 +152,56 @@ func (s *SMTPProbe) validate(path []string) error {
 			return fieldErr(append(path, "auth"), `a module with credentials must list the targets they may be sent to in allowed_targets (use "*" to allow any)`)
 		}
 	}
+	if err := s.validatePosture(path); err != nil {
+		return err
+	}
 	if s.Mail != nil {
 		return s.Mail.validate(append(path, "mail"))
 	}
 	return nil
+}
+
+// validatePosture checks the security posture options. An option that could
+// never fire is refused rather than left to pass silently.
+func (s *SMTPProbe) validatePosture(path []string) error {
+	if s.TLS == TLSImplicit {
+		if s.FailIfAuthOfferedWithoutTLS {
+			return fieldErr(append(path, "fail_if_auth_offered_without_tls"), "has no effect with tls: implicit, where EHLO is always encrypted")
+		}
+		if len(s.FailIfMechanismsOffered) > 0 {
+			return fieldErr(append(path, "fail_if_mechanisms_offered"), "has no effect with tls: implicit, where EHLO is always encrypted")
+		}
+	}
+	for i, m := range s.FailIfMechanismsOffered {
+		upper := strings.ToUpper(m)
+		if !isMechanismName(upper) {
+			return fieldErr(append(path, "fail_if_mechanisms_offered", strconv.Itoa(i)), "%q is not a SASL mechanism name", m)
+		}
+		s.FailIfMechanismsOffered[i] = upper
+	}
+	if s.ExpectAuthRejected {
+		if s.Auth == nil {
+			return fieldErr(append(path, "expect_auth_rejected"), "needs an auth block: the credentials that must be refused")
+		}
+		if s.Mail != nil {
+			return fieldErr(append(path, "expect_auth_rejected"), "cannot be combined with mail: no mail can be sent after a refused login")
+		}
+	}
+	return nil
+}
+
+// isMechanismName follows RFC 4422: 1 to 20 upper-case letters, digits,
+// hyphens and underscores. Up to 32 are accepted, as the prober reads them.
+func isMechanismName(s string) bool {
+	if s == "" || len(s) > 32 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 func (a *Auth) validate(path []string) error {
@@ -172,16 +219,80 @@ func (a *Auth) validate(path []string) error {
 	if hasControl(a.Username) {
 		return fieldErr(append(path, "username"), "must not contain CR, LF or other control characters")
 	}
+	password := a.Password != "" || a.PasswordFile != ""
 	switch {
 	case a.Password != "" && a.PasswordFile != "":
 		return fieldErr(path, "set only one of password and password_file")
-	case a.Password == "" && a.PasswordFile == "":
-		return fieldErr(path, "one of password and password_file must be set")
+	case a.TokenFile != "" && a.OAuth2 != nil:
+		return fieldErr(path, "set only one of token_file and oauth2")
+	case password && a.UsesToken():
+		return fieldErr(path, "set either a password (password, password_file) or a token (token_file, oauth2), not both")
+	case !password && !a.UsesToken():
+		return fieldErr(path, "one of password, password_file, token_file and oauth2 must be set")
 	}
 	if strings.ContainsRune(string(a.Password), 0) {
 		return fieldErr(append(path, "password"), "must not contain a NUL byte")
 	}
+	switch {
+	case a.UsesToken() && slices.Contains(PasswordMechanisms, mech):
+		return fieldErr(append(path, "mechanism"), "%s logs in with a password, but the module has a token (token_file or oauth2)", mech)
+	case !a.UsesToken() && slices.Contains(TokenMechanisms, mech):
+		return fieldErr(append(path, "mechanism"), "%s logs in with a token: set token_file or oauth2 instead of a password", mech)
+	}
+	if a.OAuth2 != nil {
+		return a.OAuth2.validate(append(path, "oauth2"))
+	}
 	return nil
+}
+
+func (o *OAuth2) validate(path []string) error {
+	if o.ClientID == "" {
+		return fieldErr(append(path, "client_id"), "must be set")
+	}
+	if hasControl(o.ClientID) {
+		return fieldErr(append(path, "client_id"), "must not contain control characters")
+	}
+	if o.ClientSecret != "" && o.ClientSecretFile != "" {
+		return fieldErr(path, "set only one of client_secret and client_secret_file")
+	}
+	if o.RefreshTokenFile == "" && o.ClientSecret == "" && o.ClientSecretFile == "" {
+		return fieldErr(path, "the client credentials grant needs client_secret or client_secret_file (or set refresh_token_file for the refresh token grant)")
+	}
+	if err := validateTokenURL(o.TokenURL); err != nil {
+		return fieldErr(append(path, "token_url"), "%v", err)
+	}
+	for i, scope := range o.Scopes {
+		if scope == "" || strings.ContainsFunc(scope, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '"' || r == '\\' }) {
+			return fieldErr(append(path, "scopes", strconv.Itoa(i)), "%q is not a scope (no spaces, quotes or control characters)", scope)
+		}
+	}
+	if err := o.TLSConfig.Validate(); err != nil {
+		return fieldErr(append(path, "tls_config"), "%v", err)
+	}
+	return nil
+}
+
+// validateTokenURL accepts an https URL, or http for a loopback host only:
+// the client secret and refresh token travel in the request.
+func validateTokenURL(raw string) error {
+	if raw == "" {
+		return errors.New("must be set")
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" || u.User != nil || hasControl(raw) {
+		return fmt.Errorf("%q is not an absolute URL without user information", raw)
+	}
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+		host := u.Hostname()
+		if ip, err := netip.ParseAddr(host); (err == nil && ip.IsLoopback()) || strings.EqualFold(host, "localhost") {
+			return nil
+		}
+		return fmt.Errorf("%q: the token endpoint must use https (http only on a loopback address)", raw)
+	}
+	return fmt.Errorf("%q: the token endpoint must use https", raw)
 }
 
 // GeneratedHeaders are written by the message builder and cannot be

@@ -21,6 +21,25 @@ type saslMechanism interface {
 
 var errUnexpectedChallenge = errors.New("unexpected extra challenge from server")
 
+// saslFailure is a mechanism's verdict that ends an exchange with a reason
+// of its own. With answer set, the answer is sent so that the server can
+// give its final reply (a refused OAuth token, a SCRAM server error);
+// without, the exchange is cancelled with "*".
+type saslFailure struct {
+	reason Reason
+	answer []byte
+	err    error
+}
+
+func (f *saslFailure) Error() string { return f.err.Error() }
+func (f *saslFailure) Unwrap() error { return f.err }
+
+// completer is a mechanism that must see the exchange through before a 235
+// counts: SCRAM needs the server's signature.
+type completer interface {
+	complete() error
+}
+
 // plainAuth is RFC 4616 PLAIN, sent as an initial response. A server that
 // ignores the initial response and sends an empty 334 gets the same blob
 // again.
@@ -90,26 +109,33 @@ func (a *cramMD5Auth) Next(challenge []byte) ([]byte, error) {
 	return []byte(a.username + " " + hex.EncodeToString(mac.Sum(nil))), nil
 }
 
-func newMechanism(name, username, password string) saslMechanism {
+// newMechanism returns the client of a mechanism the configuration
+// accepted; nil for any other name.
+func (p *probe) newMechanism(name string) saslMechanism {
+	user := p.smtp.Auth.Username
 	switch name {
 	case config.MechanismPlain:
-		return &plainAuth{username: username, password: password}
+		return &plainAuth{username: user, password: p.password}
 	case config.MechanismLogin:
-		return &loginAuth{username: username, password: password}
+		return &loginAuth{username: user, password: p.password}
 	case config.MechanismCRAMMD5:
-		return &cramMD5Auth{username: username, password: password}
+		return &cramMD5Auth{username: user, password: p.password}
+	case config.MechanismSCRAMSHA1, config.MechanismSCRAMSHA256:
+		return newSCRAM(name, user, p.password, p.tr.addSecret)
+	case config.MechanismXOAUTH2, config.MechanismOAUTHBEARER:
+		return &oauthAuth{name: name, username: user, token: p.token, host: p.r.Host, port: p.r.Port}
 	}
 	return nil
 }
 
 // chooseMechanism picks the configured mechanism if the server offers it,
-// or for "auto" the first of config.SupportedMechanisms it offers.
-func chooseMechanism(configured string, offered []string) (string, bool) {
+// or for "auto" the first of candidates (in order of preference) it offers.
+func chooseMechanism(configured string, offered, candidates []string) (string, bool) {
 	configured = strings.ToUpper(configured)
 	if configured != "" && configured != strings.ToUpper(config.MechanismAuto) {
 		return configured, slices.Contains(offered, configured)
 	}
-	for _, m := range config.SupportedMechanisms {
+	for _, m := range candidates {
 		if slices.Contains(offered, m) {
 			return m, true
 		}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smtp-exporter/smtp_exporter/config"
 	"github.com/smtp-exporter/smtp_exporter/internal/smtptest"
 )
 
@@ -252,11 +253,13 @@ func TestSASLMechanisms(t *testing.T) {
 		{"auto", []string{"LOGIN", "PLAIN", "CRAM-MD5"}, "CRAM-MD5", true},
 		{"auto", []string{"LOGIN", "PLAIN"}, "PLAIN", true},
 		{"auto", []string{"XOAUTH2"}, "", false},
+		{"auto", []string{"PLAIN", "SCRAM-SHA-1", "CRAM-MD5", "SCRAM-SHA-256"}, "SCRAM-SHA-256", true},
+		{"auto", []string{"LOGIN", "SCRAM-SHA-1", "CRAM-MD5"}, "SCRAM-SHA-1", true},
 		{"LOGIN", []string{"LOGIN", "PLAIN"}, "LOGIN", true},
 		{"plain", []string{"PLAIN"}, "PLAIN", true},
 		{"CRAM-MD5", []string{"PLAIN"}, "CRAM-MD5", false},
 	} {
-		got, ok := chooseMechanism(tc.configured, tc.offered)
+		got, ok := chooseMechanism(tc.configured, tc.offered, config.PasswordMechanisms)
 		if ok != tc.ok || (ok && got != tc.want) {
 			t.Errorf("chooseMechanism(%q, %v) = %q, %v", tc.configured, tc.offered, got, ok)
 		}

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -106,7 +107,11 @@ type probe struct {
 	r       *Result
 	tr      *transcript
 
-	password  string
+	password string
+	// token is the bearer token for XOAUTH2 and OAUTHBEARER; oauth is the
+	// client that obtained it, nil for token_file.
+	token     string
+	oauth     *oauthClient
 	msg       *message.Message
 	tlsConfig *tls.Config
 
@@ -270,7 +275,11 @@ func (p *probe) setup() bool {
 	}
 	p.r.IP = ip
 
-	if a := p.smtp.Auth; a != nil {
+	if a := p.smtp.Auth; a != nil && a.UsesToken() {
+		if !p.obtainToken(a) {
+			return false
+		}
+	} else if a != nil {
 		password, err := a.ReadPassword()
 		if err != nil {
 			p.logger.Error("Cannot read the password", "password_file", a.PasswordFile, "err", err)
@@ -302,6 +311,40 @@ func (p *probe) setup() bool {
 		}
 		p.tlsConfig = cfg
 	}
+	return true
+}
+
+// obtainToken reads token_file or gets a token from the OAuth 2.0 client
+// (cached until shortly before it expires). Every secret involved is
+// registered for scrubbing before it can reach an error text.
+func (p *probe) obtainToken(a *config.Auth) bool {
+	if a.TokenFile != "" {
+		token, err := readBearerToken(a)
+		if err != nil {
+			p.logger.Error("Cannot read the token", "token_file", a.TokenFile, "err", err)
+			return p.fail(PhaseSetup, ReasonTokenUnavailable, err)
+		}
+		p.token = token
+		p.tr.addSecret(token)
+		return true
+	}
+	client, err := newOAuthClient(a.OAuth2)
+	if err != nil {
+		p.logger.Error("Cannot read the OAuth 2.0 client's secrets", "err", err)
+		return p.fail(PhaseSetup, ReasonTokenUnavailable, err)
+	}
+	p.tr.addSecret(client.clientSecret)
+	p.tr.addSecret(client.refreshToken)
+	token, err := client.token(p.ctx, oauthTokens, p.logger)
+	if err != nil {
+		if p.ctx.Err() != nil {
+			return p.fail(PhaseSetup, ReasonTimeout, err)
+		}
+		return p.fail(PhaseSetup, ReasonTokenUnavailable, err)
+	}
+	p.oauth = client
+	p.token = token
+	p.tr.addSecret(token)
 	return true
 }
 
@@ -388,6 +431,9 @@ func (p *probe) handshake(ph Phase) bool {
 		if reason := p.ioReason(err); reason == ReasonTimeout {
 			return p.fail(ph, reason, err)
 		}
+		if isVersionMismatch(err) {
+			return p.fail(ph, ReasonTLSVersion, err)
+		}
 		return p.fail(ph, ReasonTLSHandshake, err)
 	}
 	state := tc.ConnectionState()
@@ -397,6 +443,17 @@ func (p *probe) handshake(ph Phase) bool {
 	p.tr.note("TLS handshake complete: %s, %s, server name %q",
 		tls.VersionName(state.Version), tls.CipherSuiteName(state.CipherSuite), p.tlsConfig.ServerName)
 	return true
+}
+
+// isVersionMismatch recognises a handshake that failed because client and
+// server share no TLS version within tls_config's min_version and
+// max_version: the server's protocol_version alert, or our refusal of the
+// version it chose. crypto/tls exports neither error, so the text is
+// matched.
+func isVersionMismatch(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "protocol version not supported") ||
+		strings.Contains(s, "server selected unsupported protocol version")
 }
 
 // isCertificateError recognises verification failures that do not come
@@ -447,6 +504,29 @@ func (p *probe) ehlo(ph Phase) bool {
 	p.r.Extensions[ph] = p.ext.keywords
 	p.r.SizeLimit = p.ext.size
 	p.r.AuthMechanisms = p.ext.auth
+	if !p.tlsActive() {
+		return p.checkCleartextOffer(ph)
+	}
+	return true
+}
+
+// checkCleartextOffer applies the posture checks to what the unencrypted
+// session advertises.
+func (p *probe) checkCleartextOffer(ph Phase) bool {
+	if p.smtp.FailIfAuthOfferedWithoutTLS && p.ext.has("AUTH") {
+		return p.fail(ph, ReasonAuthOfferedWithoutTLS,
+			fmt.Errorf("server advertises AUTH %s before TLS", strings.Join(p.ext.auth, " ")))
+	}
+	var insecure []string
+	for _, m := range p.smtp.FailIfMechanismsOffered {
+		if slices.Contains(p.ext.auth, m) {
+			insecure = append(insecure, m)
+		}
+	}
+	if len(insecure) > 0 {
+		return p.fail(ph, ReasonInsecureMechanism,
+			fmt.Errorf("server advertises %s on an unencrypted session", strings.Join(insecure, " ")))
+	}
 	return true
 }
 

@@ -62,6 +62,17 @@ const (
 	ReasonRecipientDeferred    Reason = "recipient_deferred"
 	ReasonMessageRejected      Reason = "message_rejected"
 	ReasonMessageDeferred      Reason = "message_deferred"
+
+	// Modern authentication.
+	ReasonServerSignature  Reason = "server_signature"  // SCRAM server did not prove it knows the password
+	ReasonTokenRejected    Reason = "token_rejected"    // the server refused the OAuth bearer token
+	ReasonTokenUnavailable Reason = "token_unavailable" // no token: token_file or token endpoint failed
+
+	// Security posture checks.
+	ReasonAuthOfferedWithoutTLS    Reason = "auth_offered_without_tls"
+	ReasonInsecureMechanism        Reason = "insecure_mechanism_offered"
+	ReasonTLSVersion               Reason = "tls_version" // no TLS version within min_version..max_version
+	ReasonAuthUnexpectedlyAccepted Reason = "auth_unexpectedly_accepted"
 )
 
 // PhaseResult is what one phase of the conversation did.

@@ -23,7 +23,8 @@ const (
 
 // auth logs in. Nothing is sent on an unencrypted session unless the module
 // says allow_plaintext_auth, nor when the server offers no mechanism we can
-// use.
+// use. With expect_auth_rejected the outcome is turned around: a refusal of
+// the credentials is the success.
 func (p *probe) auth() bool {
 	a := p.smtp.Auth
 	start := p.begin(PhaseAuth)
@@ -38,23 +39,70 @@ func (p *probe) auth() bool {
 	if !p.ext.has("AUTH") || len(p.ext.auth) == 0 {
 		return refuse(ReasonAuthUnavailable, errors.New("server does not advertise AUTH"))
 	}
-	name, ok := chooseMechanism(a.Mechanism, p.ext.auth)
+	name, ok := chooseMechanism(a.Mechanism, p.ext.auth, a.AutoMechanisms())
 	if !ok {
 		return refuse(ReasonMechanismUnavailable, fmt.Errorf("mechanism %s not offered (server offers %s)",
 			a.Mechanism, strings.Join(p.ext.auth, " ")))
 	}
-	mech := newMechanism(name, a.Username, p.password)
-	p.tr.addSecret(base64.StdEncoding.EncodeToString([]byte(p.password)))
+	mech := p.newMechanism(name)
+	if p.password != "" {
+		p.tr.addSecret(base64.StdEncoding.EncodeToString([]byte(p.password)))
+	}
+	if p.token != "" {
+		p.tr.addSecret(base64.StdEncoding.EncodeToString([]byte(p.token)))
+	}
 
 	p.r.AuthAttempted = true
 	p.r.AuthMechanism = name
+	p.logger.Debug("Authenticating", "mechanism", name)
 	rep, err := p.saslExchange(mech, a.Username)
 	p.finish(PhaseAuth, start, rep)
 	if err != nil {
-		return p.failReply(PhaseAuth, err, authReason)
+		reason := p.authFailureReason(err)
+		var oe *oauthError
+		if errors.As(err, &oe) {
+			p.logger.Warn("Server refused the bearer token", "status", oe.Status, "scope", oe.Scope, "schemes", oe.Schemes)
+		}
+		if reason == ReasonTokenRejected && p.oauth != nil {
+			oauthTokens.forget(p.oauth.key)
+		}
+		if p.smtp.ExpectAuthRejected && (reason == ReasonAuthRejected || reason == ReasonTokenRejected) {
+			p.tr.note("AUTH refused, as expect_auth_rejected requires")
+			p.logger.Info("Authentication refused, as expected", "reason", reason, "err", err)
+			return true
+		}
+		return p.fail(PhaseAuth, reason, err)
 	}
 	p.r.AuthSuccess = true
+	if p.smtp.ExpectAuthRejected {
+		return p.fail(PhaseAuth, ReasonAuthUnexpectedlyAccepted,
+			errors.New("the server accepted credentials that expect_auth_rejected says must be refused"))
+	}
 	return true
+}
+
+// authFailureReason classifies a failed exchange: a mechanism's own
+// verdict, the final reply, or an I/O error. A refusal of a bearer token is
+// token_rejected, whether or not the server sent its JSON error first.
+func (p *probe) authFailureReason(err error) Reason {
+	var re *ReplyError
+	var sf *saslFailure
+	switch {
+	case errors.As(err, &re) && re.Code == 421:
+		return ReasonServiceUnavailable
+	case errors.As(err, &sf):
+		if re != nil && re.Temporary() {
+			return ReasonAuthTemporaryFailure
+		}
+		return sf.reason
+	case re != nil:
+		reason := authReason(re.Code)
+		if reason == ReasonAuthRejected && p.token != "" {
+			return ReasonTokenRejected
+		}
+		return reason
+	}
+	return p.ioReason(err)
 }
 
 // authReason maps the final reply of a failed AUTH.
@@ -84,9 +132,8 @@ func (p *probe) saslExchange(mech saslMechanism, username string) (*Reply, error
 			p.tr.addSecret(string(resp))
 			p.tr.addSecret(enc)
 		}
-		if len(resp) == 0 {
-			enc = "="
-		}
+		// An empty response is an empty line (RFC 4954 section 4): "="
+		// stands for an empty initial response only.
 		return p.c.writeLine(enc)
 	}
 
@@ -118,14 +165,7 @@ func (p *probe) saslExchange(mech saslMechanism, username string) (*Reply, error
 		}
 		resp, mechErr := mech.Next(challenge)
 		if mechErr != nil {
-			// Cancel the exchange (RFC 4954 "*") so the session stays in
-			// order, then report the broken challenge.
-			if err := p.c.writeLine("*"); err == nil {
-				if _, err := p.c.readReply(); err != nil {
-					return rep, err
-				}
-			}
-			return rep, protocolErrorf("AUTH %s: %v", name, mechErr)
+			return p.endExchange(name, rep, mechErr, send)
 		}
 		if err := send(resp); err != nil {
 			return nil, err
@@ -138,7 +178,50 @@ func (p *probe) saslExchange(mech saslMechanism, username string) (*Reply, error
 	if rep.Code != 235 {
 		return rep, p.c.replyError("AUTH", rep)
 	}
+	if c, ok := mech.(completer); ok {
+		if err := c.complete(); err != nil {
+			return rep, err
+		}
+	}
 	return rep, nil
+}
+
+// endExchange ends an exchange the mechanism cannot go on with. A
+// saslFailure with an answer sends it and reads the server's final reply,
+// which is returned wrapped in the failure; anything else cancels the
+// exchange (RFC 4954 "*") so the session stays in order.
+func (p *probe) endExchange(name string, challenge *Reply, mechErr error, send func([]byte) error) (*Reply, error) {
+	var sf *saslFailure
+	if errors.As(mechErr, &sf) && sf.answer != nil {
+		if err := send(sf.answer); err != nil {
+			return nil, err
+		}
+		final, err := p.c.readReply()
+		if err != nil {
+			return nil, err
+		}
+		switch final.Code {
+		case 235:
+			// A server that reports an error and then accepts is broken.
+			return final, protocolErrorf("AUTH %s: server accepted after reporting an error: %v", name, sf.err)
+		case 334:
+			return final, protocolErrorf("AUTH %s: server sent another challenge after reporting an error", name)
+		}
+		return final, &saslFailure{reason: sf.reason, err: fmt.Errorf("%w: %w", sf.err, p.c.replyError("AUTH", final))}
+	}
+	if err := p.c.writeLine("*"); err == nil {
+		if _, err := p.c.readReply(); err != nil {
+			return challenge, err
+		}
+	}
+	var pe *ProtocolError
+	switch {
+	case sf != nil:
+		return challenge, mechErr
+	case errors.As(mechErr, &pe):
+		return challenge, protocolErrorf("AUTH %s: %s", name, pe.Detail)
+	}
+	return challenge, protocolErrorf("AUTH %s: %v", name, mechErr)
 }
 
 // decodeChallenge reads the base64 text of a 334 reply; an empty one is an

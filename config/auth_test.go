@@ -1,0 +1,163 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/model"
+)
+
+func TestSafetyAndPostureDefaults(t *testing.T) {
+	cfg, err := Load([]byte(`
+modules:
+  plain:
+    smtp: {}
+  tuned:
+    min_interval: 30s
+    auth_failure_backoff: 0s
+    smtp:
+      tls: starttls
+      fail_if_auth_offered_without_tls: true
+      fail_if_mechanisms_offered: [plain, Login]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := cfg.Modules["plain"]
+	if plain.MinInterval != 0 || plain.AuthFailureBackoff != model.Duration(5*time.Minute) {
+		t.Errorf("defaults min_interval %v auth_failure_backoff %v, want 0 and 5m", plain.MinInterval, plain.AuthFailureBackoff)
+	}
+	if plain.SMTP.FailIfAuthOfferedWithoutTLS || plain.SMTP.FailIfMechanismsOffered != nil || plain.SMTP.ExpectAuthRejected {
+		t.Errorf("posture checks on by default: %+v", plain.SMTP)
+	}
+	tuned := cfg.Modules["tuned"]
+	if tuned.MinInterval != model.Duration(30*time.Second) || tuned.AuthFailureBackoff != 0 {
+		t.Errorf("min_interval %v auth_failure_backoff %v, want 30s and an explicit 0", tuned.MinInterval, tuned.AuthFailureBackoff)
+	}
+	if got := tuned.SMTP.FailIfMechanismsOffered; !slices.Equal(got, []string{"PLAIN", "LOGIN"}) {
+		t.Errorf("fail_if_mechanisms_offered = %v, want upper-cased [PLAIN LOGIN]", got)
+	}
+}
+
+func TestTokenAuth(t *testing.T) {
+	cfg, err := Load([]byte(`
+modules:
+  token_file:
+    smtp:
+      auth:
+        username: probe@example.net
+        token_file: /run/secrets/token
+      allowed_targets: ["*"]
+  client_credentials:
+    smtp:
+      auth:
+        mechanism: oauthbearer
+        username: probe@example.net
+        oauth2:
+          client_id: smtp-probe
+          client_secret: client-s3cret-never-shown
+          token_url: https://login.example.net/oauth2/token
+          scopes: [https://outlook.office365.com/.default]
+      allowed_targets: ["*"]
+  refresh_token:
+    smtp:
+      auth:
+        mechanism: XOAUTH2
+        username: probe@example.net
+        oauth2:
+          client_id: smtp-probe
+          token_url: http://127.0.0.1:8080/token
+          refresh_token_file: /run/secrets/refresh
+      allowed_targets: ["*"]
+  password:
+    smtp:
+      auth:
+        username: probe@example.net
+        password: pw
+      allowed_targets: ["*"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string][]string{
+		"token_file":         {"OAUTHBEARER", "XOAUTH2"},
+		"client_credentials": {"OAUTHBEARER", "XOAUTH2"},
+		"refresh_token":      {"OAUTHBEARER", "XOAUTH2"},
+		"password":           {"SCRAM-SHA-256", "SCRAM-SHA-1", "CRAM-MD5", "PLAIN", "LOGIN"},
+	} {
+		if got := cfg.Modules[name].SMTP.Auth.AutoMechanisms(); !slices.Equal(got, want) {
+			t.Errorf("%s: auto chooses among %v, want %v", name, got, want)
+		}
+	}
+	if got := cfg.Modules["client_credentials"].SMTP.Auth.Mechanism; got != MechanismOAUTHBEARER {
+		t.Errorf("mechanism %q, want it upper-cased", got)
+	}
+	out, err := cfg.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "client-s3cret") || !strings.Contains(string(out), "client_secret: <secret>") {
+		t.Errorf("client secret not hidden:\n%s", out)
+	}
+}
+
+// The hash changes when any secret the module logs in with changes, so that
+// the hold after a rejection ends with a new password, and it is not the
+// secret itself.
+func TestCredentialHash(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		t.Helper()
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	passFile := write("pass", "first-password\n")
+	tokenFile := write("token", "token-1")
+	secretFile := write("secret", "client-secret-1")
+	refreshFile := write("refresh", "refresh-1")
+
+	hash := func(a *Auth) [32]byte {
+		t.Helper()
+		h, err := a.CredentialHash()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	for _, tc := range []struct {
+		name   string
+		auth   *Auth
+		change func()
+	}{
+		{"password_file", &Auth{PasswordFile: passFile}, func() { write("pass", "second-password\n") }},
+		{"token_file", &Auth{TokenFile: tokenFile}, func() { write("token", "token-2") }},
+		{"client secret", &Auth{OAuth2: &OAuth2{ClientSecretFile: secretFile, RefreshTokenFile: refreshFile}}, func() { write("secret", "client-secret-2") }},
+		{"refresh token", &Auth{OAuth2: &OAuth2{ClientSecretFile: secretFile, RefreshTokenFile: refreshFile}}, func() { write("refresh", "refresh-2") }},
+	} {
+		before := hash(tc.auth)
+		if again := hash(tc.auth); again != before {
+			t.Errorf("%s: hash not stable", tc.name)
+		}
+		if strings.Contains(string(before[:]), "password") || strings.Contains(string(before[:]), "token") {
+			t.Errorf("%s: hash holds the secret", tc.name)
+		}
+		tc.change()
+		if after := hash(tc.auth); after == before {
+			t.Errorf("%s: hash unchanged after the secret changed", tc.name)
+		}
+	}
+	// The same text as a password and as a token are different credentials.
+	if hash(&Auth{Password: "x"}) == hash(&Auth{TokenFile: write("x", "x")}) {
+		t.Error("a password and a token with the same text hash alike")
+	}
+	if _, err := (&Auth{PasswordFile: filepath.Join(dir, "missing")}).CredentialHash(); err == nil {
+		t.Error("missing password file hashed without error")
+	}
+}

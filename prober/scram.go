@@ -1,0 +1,220 @@
+package prober
+
+import (
+	"crypto/hmac"
+	"crypto/pbkdf2"
+	"crypto/rand"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"hash"
+	"strconv"
+	"strings"
+
+	"github.com/smtp-exporter/smtp_exporter/config"
+)
+
+// SCRAM bounds. The iteration count comes from the server and sets how
+// long the client hashes: a server asking for billions would hold the probe
+// (and a CPU) far past its timeout, since PBKDF2 cannot be interrupted.
+const (
+	scramMaxIterations = 1_000_000
+	scramNonceBytes    = 24
+	scramMaxSaltBytes  = 256
+)
+
+// scramAuth is RFC 5802 SCRAM (SCRAM-SHA-1, and SCRAM-SHA-256 from RFC
+// 7677) without channel binding: the GS2 header is "n,,". The server proves
+// it knows the password too, and a server that fails that proof fails the
+// probe even if it then says 235.
+//
+// SASLprep (RFC 4013) is applied only in its trivial form: the username and
+// password are used as given. That is exact for printable ASCII; a
+// non-ASCII password that SASLprep would map or normalise (non-ASCII spaces,
+// NFKC) gives a different key than the server's, and the login fails.
+type scramAuth struct {
+	name               string
+	newHash            func() hash.Hash
+	username, password string
+
+	clientNonce     string
+	clientFirstBare string
+	serverSignature []byte
+	step            int
+	verified        bool
+
+	// secrets receives every derived value that must never be shown (the
+	// proof and the client-final message), before it is sent.
+	secrets func(string)
+}
+
+func newSCRAM(name, username, password string, secrets func(string)) *scramAuth {
+	a := &scramAuth{name: name, username: username, password: password, secrets: secrets}
+	if name == config.MechanismSCRAMSHA1 {
+		a.newHash = sha1.New
+	} else {
+		a.newHash = sha256.New
+	}
+	return a
+}
+
+func (a *scramAuth) Start() (string, []byte, error) {
+	nonce := make([]byte, scramNonceBytes)
+	if _, err := rand.Read(nonce); err != nil {
+		return "", nil, err
+	}
+	a.clientNonce = base64.RawStdEncoding.EncodeToString(nonce)
+	a.clientFirstBare = "n=" + scramEscape(a.username) + ",r=" + a.clientNonce
+	return a.name, []byte("n,," + a.clientFirstBare), nil
+}
+
+// scramServerError is the server-error of a server-final message ("e=...").
+type scramServerError struct{ value string }
+
+func (e *scramServerError) Error() string {
+	return "server reported SCRAM error " + strconv.Quote(e.value)
+}
+
+// errServerSignature is a server-final message whose signature does not
+// match, or no server-final message at all: the server did not prove it
+// knows the password.
+var errServerSignature = errors.New("server signature does not verify")
+
+func (a *scramAuth) Next(challenge []byte) ([]byte, error) {
+	a.step++
+	switch a.step {
+	case 1:
+		return a.clientFinal(challenge)
+	case 2:
+		return a.checkServerFinal(challenge)
+	}
+	return nil, errUnexpectedChallenge
+}
+
+// clientFinal answers the server-first message with the proof.
+func (a *scramAuth) clientFinal(serverFirst []byte) ([]byte, error) {
+	attrs, err := scramAttributes(string(serverFirst))
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := attrs["m"]; ok {
+		return nil, protocolErrorf("server requires an unsupported SCRAM extension")
+	}
+	if e, ok := attrs["e"]; ok {
+		return nil, scramRejected(e)
+	}
+	nonce := attrs["r"]
+	if len(nonce) <= len(a.clientNonce) || !strings.HasPrefix(nonce, a.clientNonce) {
+		return nil, protocolErrorf("server nonce does not extend the client nonce")
+	}
+	if !isPrintableASCII(nonce) {
+		return nil, protocolErrorf("server nonce is not printable ASCII")
+	}
+	salt, err := base64.StdEncoding.DecodeString(attrs["s"])
+	if err != nil || len(salt) == 0 || len(salt) > scramMaxSaltBytes {
+		return nil, protocolErrorf("bad SCRAM salt")
+	}
+	iterations, err := strconv.Atoi(attrs["i"])
+	if err != nil || iterations < 1 {
+		return nil, protocolErrorf("bad SCRAM iteration count %q", shorten(attrs["i"], 20))
+	}
+	if iterations > scramMaxIterations {
+		return nil, protocolErrorf("SCRAM iteration count %d exceeds the limit of %d", iterations, scramMaxIterations)
+	}
+
+	h := a.newHash().Size()
+	salted, err := pbkdf2.Key(a.newHash, a.password, salt, iterations, h)
+	if err != nil {
+		return nil, fmt.Errorf("deriving the SCRAM key: %w", err)
+	}
+	clientKey := a.hmac(salted, []byte("Client Key"))
+	storedKey := a.newHash()
+	storedKey.Write(clientKey)
+	withoutProof := "c=" + base64.StdEncoding.EncodeToString([]byte("n,,")) + ",r=" + nonce
+	authMessage := []byte(a.clientFirstBare + "," + string(serverFirst) + "," + withoutProof)
+	clientSignature := a.hmac(storedKey.Sum(nil), authMessage)
+	proof := make([]byte, len(clientKey))
+	subtle.XORBytes(proof, clientKey, clientSignature)
+	a.serverSignature = a.hmac(a.hmac(salted, []byte("Server Key")), authMessage)
+
+	encodedProof := base64.StdEncoding.EncodeToString(proof)
+	final := withoutProof + ",p=" + encodedProof
+	a.secrets(encodedProof)
+	a.secrets(final)
+	return []byte(final), nil
+}
+
+// checkServerFinal verifies the server's signature; the empty answer lets
+// the server send its final reply.
+func (a *scramAuth) checkServerFinal(serverFinal []byte) ([]byte, error) {
+	attrs, err := scramAttributes(string(serverFinal))
+	if err != nil {
+		return nil, err
+	}
+	if e, ok := attrs["e"]; ok {
+		return nil, scramRejected(e)
+	}
+	v, ok := attrs["v"]
+	if !ok {
+		return nil, protocolErrorf("SCRAM server-final message without a verifier")
+	}
+	sig, err := base64.StdEncoding.DecodeString(v)
+	if err != nil || !hmac.Equal(sig, a.serverSignature) {
+		return nil, &saslFailure{reason: ReasonServerSignature, err: errServerSignature}
+	}
+	a.verified = true
+	return []byte{}, nil
+}
+
+// complete reports whether the server proved it knows the password; a 235
+// without that proof is not a success.
+func (a *scramAuth) complete() error {
+	if !a.verified {
+		return &saslFailure{reason: ReasonServerSignature, err: fmt.Errorf("%w: the server accepted without sending its signature", errServerSignature)}
+	}
+	return nil
+}
+
+// scramRejected is a server-error ("e=invalid-proof"): the server refused
+// the credentials. The empty answer lets it finish with its final reply.
+func scramRejected(value string) error {
+	return &saslFailure{reason: ReasonAuthRejected, answer: []byte{}, err: &scramServerError{value: printable(value, 64)}}
+}
+
+func (a *scramAuth) hmac(key, data []byte) []byte {
+	m := hmac.New(a.newHash, key)
+	m.Write(data)
+	return m.Sum(nil)
+}
+
+// scramAttributes parses "a=value,b=value". Values may contain '=' (base64)
+// but not ','; attribute names are single letters and appear once.
+func scramAttributes(msg string) (map[string]string, error) {
+	attrs := map[string]string{}
+	if msg == "" {
+		return nil, protocolErrorf("empty SCRAM message")
+	}
+	for _, part := range strings.Split(msg, ",") {
+		if len(part) < 2 || part[1] != '=' || !(part[0] >= 'a' && part[0] <= 'z' || part[0] >= 'A' && part[0] <= 'Z') {
+			return nil, protocolErrorf("malformed SCRAM attribute")
+		}
+		key := part[:1]
+		if _, dup := attrs[key]; dup {
+			return nil, protocolErrorf("repeated SCRAM attribute %s", key)
+		}
+		attrs[key] = part[2:]
+	}
+	return attrs, nil
+}
+
+// scramEscape encodes a username as a saslname: '=' and ',' are escaped.
+func scramEscape(s string) string {
+	return strings.NewReplacer("=", "=3D", ",", "=2C").Replace(s)
+}
+
+func isPrintableASCII(s string) bool {
+	return !strings.ContainsFunc(s, func(r rune) bool { return r < 0x21 || r > 0x7e })
+}
