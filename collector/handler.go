@@ -2,6 +2,8 @@ package collector
 
 import (
 	"context"
+	"crypto/sha256"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -53,6 +55,9 @@ type HandlerOpts struct {
 	// Registerer receives the exporter's own metrics about probing (for
 	// /metrics, never in a /probe response); nil registers them nowhere.
 	Registerer prometheus.Registerer
+	// GuardLimit bounds the results kept for min_interval and
+	// auth_failure_backoff; 0 means DefaultGuardLimit.
+	GuardLimit int
 }
 
 // Handler serves /probe: it checks the parameters, takes the module from the
@@ -66,6 +71,9 @@ type Handler struct {
 	timeoutOffset time.Duration
 	history       *History
 	probe         ProbeFunc
+	// guard shares concurrent probes of one module and target and keeps
+	// results for min_interval and auth_failure_backoff.
+	guard *guard
 	// slots is a semaphore of MaxConcurrent tokens, nil when unlimited.
 	// promhttp's MaxRequestsInFlight cannot do this: its handler is made
 	// per request here.
@@ -85,6 +93,7 @@ func NewHandler(opts HandlerOpts) *Handler {
 		timeoutOffset: opts.TimeoutOffset,
 		history:       opts.History,
 		probe:         opts.Probe,
+		guard:         newGuard(opts.GuardLimit),
 		moduleUnknown: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "smtp_exporter",
 			Name:      "module_unknown_total",
@@ -166,11 +175,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("too many probes in flight (limit %d), try again later", cap(h.slots)), http.StatusServiceUnavailable)
 		return
 	}
-	entry, registry := func() (*Entry, *prometheus.Registry) {
+	res := func() guardResult {
 		defer h.release()
-		return h.run(r.Context(), target, moduleName, module, timeout)
+		// The deadline bounds only the wait for a probe another request
+		// started; a probe runs on its own deadline and is not cancelled
+		// when the request that started it goes away, since others may be
+		// waiting for it.
+		ctx, cancel := context.WithTimeout(r.Context(), timeout)
+		defer cancel()
+		return h.guard.do(ctx, guardKey(moduleName, target), h.guardPolicy(module), func() *Entry {
+			entry := h.run(context.WithoutCancel(r.Context()), target, moduleName, module, timeout)
+			h.history.Add(entry)
+			return entry
+		})
 	}()
-	h.history.Add(entry)
+	entry, registry := h.respond(res, target, moduleName, module, timeout)
 
 	if view == "html" {
 		writeProbePage(w, h.logger, entry)
@@ -205,9 +224,132 @@ func (h *Handler) release() {
 	}
 }
 
-// run probes target and returns the history entry and the registry with
-// the probe's metrics.
-func (h *Handler) run(ctx context.Context, target, moduleName string, module config.Module, timeout time.Duration) (*Entry, *prometheus.Registry) {
+// reusable reports whether a module's results can be returned again, and
+// so whether its responses carry probe_smtp_result_age_seconds: always the
+// same for a module, so that the series does not come and go.
+func reusable(module config.Module) bool {
+	return module.MinInterval > 0 || authBackoff(module) > 0
+}
+
+// authBackoff is how long a rejection holds further logins of the module;
+// 0 when it does not apply: without auth, or when a refusal is what the
+// module expects.
+func authBackoff(module config.Module) time.Duration {
+	if module.SMTP.Auth == nil || module.SMTP.ExpectAuthRejected {
+		return 0
+	}
+	return time.Duration(module.AuthFailureBackoff)
+}
+
+// guardPolicy describes the module to the guard. The credentials are read
+// afresh, so that a changed password file ends a hold.
+func (h *Handler) guardPolicy(module config.Module) guardPolicy {
+	p := guardPolicy{minInterval: time.Duration(module.MinInterval), backoff: authBackoff(module)}
+	if yaml, err := config.MarshalModule(module); err == nil {
+		p.fingerprint = sha256.Sum256(yaml)
+	}
+	if p.backoff > 0 {
+		if sum, err := module.SMTP.Auth.CredentialHash(); err == nil {
+			p.credentials, p.hasCredentials = sum, true
+		}
+	}
+	return p
+}
+
+// respond turns what the guard returned into the entry to show and the
+// registry to serve. Only a probe run for this request is in the history;
+// the others say in their log where their result came from.
+func (h *Handler) respond(res guardResult, target, moduleName string, module config.Module, timeout time.Duration) (*Entry, *prometheus.Registry) {
+	log := h.logger.With("module", moduleName, "target", target)
+	if res.released != "" {
+		log.Info("Releasing the hold on logins after an authentication rejection", "why", res.released)
+	}
+	entry := res.entry
+	var note string
+	switch res.outcome {
+	case outcomeFresh:
+		return entry, h.registryFor(entry.Result, entry.Timeout, module, 0)
+	case outcomeShared:
+		log.Debug("Returning the result of a concurrent probe of the same module and target", "probe_id", entry.ProbeID)
+		shared := *entry
+		shared.Log = fmt.Sprintf("This request shared probe %s, which another request had started.\n%s", entry.ProbeID, entry.Log)
+		return &shared, h.registryFor(entry.Result, entry.Timeout, module, 0)
+	case outcomeReused:
+		log.Debug("Returning the last result: min_interval has not passed", "probe_id", entry.ProbeID,
+			"age_seconds", res.age.Seconds(), "min_interval_seconds", time.Duration(module.MinInterval).Seconds())
+		note = fmt.Sprintf("Result of probe %s, %.1fs old, reused: the module's min_interval (%s) has not passed since it started.",
+			entry.ProbeID, res.age.Seconds(), module.MinInterval)
+	case outcomeHeld:
+		held := time.Duration(module.AuthFailureBackoff) - res.age
+		log.Warn("Login held after an authentication rejection; returning the rejection again",
+			"probe_id", entry.ProbeID, "age_seconds", res.age.Seconds(), "held_for_seconds", held.Seconds(),
+			"reason", string(entry.FailureReason))
+		note = fmt.Sprintf("Login held: probe %s, %.1fs ago, was refused (%s), and auth_failure_backoff (%s) holds further logins "+
+			"of this module to this target until it passes, the credentials change or the module's configuration changes. "+
+			"Its result is returned again.", entry.ProbeID, res.age.Seconds(), entry.FailureReason, module.AuthFailureBackoff)
+	case outcomeAbandoned:
+		return h.abandoned(target, moduleName, module, timeout)
+	}
+	reused := *entry
+	reused.Log = note + "\nThe probe's own log is on /logs?id=" + strconv.FormatUint(entry.ID, 10) + " while the history keeps it.\n"
+	registry := h.registryFor(entry.Result, entry.Timeout, module, res.age)
+	reused.Metrics = h.exposition(registry, log)
+	reused.ModuleConfig = moduleYAML(module)
+	return &reused, registry
+}
+
+// abandoned is the result for a request whose deadline passed while it
+// waited for another request's probe.
+func (h *Handler) abandoned(target, moduleName string, module config.Module, timeout time.Duration) (*Entry, *prometheus.Registry) {
+	result := &prober.Result{
+		Duration:  timeout,
+		SizeLimit: -1,
+		Failure: &prober.Failure{Phase: prober.PhaseSetup, Reason: prober.ReasonTimeout,
+			Err: errors.New("timed out waiting for a concurrent probe of the same module and target")},
+	}
+	for _, ph := range prober.PlannedPhases(module) {
+		result.Phases = append(result.Phases, prober.PhaseResult{Phase: ph})
+	}
+	registry := h.registryFor(result, timeout, module, 0)
+	entry := &Entry{
+		Time: time.Now().Add(-timeout), Module: moduleName, Target: target, Timeout: timeout,
+		Duration: timeout, FailurePhase: prober.PhaseSetup, FailureReason: prober.ReasonTimeout, Result: result,
+		Log:          "Timed out waiting for a concurrent probe of the same module and target.\n",
+		ModuleConfig: moduleYAML(module),
+	}
+	entry.Metrics = h.exposition(registry, h.logger)
+	return entry, registry
+}
+
+// registryFor returns a registry with the metrics of result.
+func (h *Handler) registryFor(result *prober.Result, timeout time.Duration, module config.Module, age time.Duration) *prometheus.Registry {
+	registry := prometheus.NewRegistry()
+	if reusable(module) {
+		registry.MustRegister(NewWithAge(result, timeout, age))
+	} else {
+		registry.MustRegister(New(result, timeout))
+	}
+	return registry
+}
+
+func (h *Handler) exposition(registry *prometheus.Registry, log *slog.Logger) string {
+	metrics, err := exposition(registry)
+	if err != nil {
+		log.Error("Gathering the probe's metrics failed", "err", err)
+	}
+	return metrics
+}
+
+func moduleYAML(module config.Module) string {
+	yaml, err := config.MarshalModule(module)
+	if err != nil {
+		return "error rendering the module: " + err.Error() + "\n"
+	}
+	return string(yaml)
+}
+
+// run probes target and returns the history entry.
+func (h *Handler) run(ctx context.Context, target, moduleName string, module config.Module, timeout time.Duration) *Entry {
 	id, probeID := h.history.newID()
 	plog := newProbeLog(h.logger, h.probeLogLevel, DefaultProbeLogLimit,
 		"module", moduleName, "target", target, "probe_id", probeID)
@@ -245,20 +387,10 @@ func (h *Handler) run(ctx context.Context, target, moduleName string, module con
 	}
 	h.logOutcome(plog, result)
 
-	registry := prometheus.NewRegistry()
-	registry.MustRegister(New(result, timeout))
-	metrics, err := exposition(registry)
-	if err != nil {
-		plog.probe.Error("Gathering the probe's metrics failed", "err", err)
-	}
-	entry.Metrics = metrics
+	entry.Metrics = h.exposition(h.registryFor(result, timeout, module, 0), plog.probe)
 	entry.Log = plog.buffer.String()
-	if yaml, err := config.MarshalModule(module); err != nil {
-		entry.ModuleConfig = "error rendering the module: " + err.Error() + "\n"
-	} else {
-		entry.ModuleConfig = string(yaml)
-	}
-	return entry, registry
+	entry.ModuleConfig = moduleYAML(module)
+	return entry
 }
 
 // runProbe calls the prober, turning a panic into a failed probe so that

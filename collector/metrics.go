@@ -87,6 +87,8 @@ var (
 		"Number of canary recipients the server accepted with RCPT TO. Present only for modules that send a canary.")
 	smtpMessageAcceptedDesc = smtpDesc("message_accepted",
 		"Whether the server accepted the canary message after DATA (1) or not (0). Present only for modules that send one.")
+	smtpResultAgeDesc = smtpDesc("result_age_seconds",
+		"Seconds since the probe whose result this is started: 0 for a probe run for this scrape, more for a result reused within min_interval or held after an authentication rejection. Present only for modules whose results can be reused.")
 )
 
 // Bounds on what a server can make us emit. The prober already sanitizes
@@ -103,6 +105,8 @@ const (
 type probeCollector struct {
 	result  *prober.Result
 	timeout time.Duration
+	// age, when not nil, is reported as probe_smtp_result_age_seconds.
+	age *time.Duration
 }
 
 // New returns a collector for the metrics of one finished probe. timeout is
@@ -114,6 +118,14 @@ func New(r *prober.Result, timeout time.Duration) prometheus.Collector {
 	return &probeCollector{result: r, timeout: timeout}
 }
 
+// NewWithAge is New for a module whose results can be reused: it also
+// reports how long ago the probe behind the result started.
+func NewWithAge(r *prober.Result, timeout, age time.Duration) prometheus.Collector {
+	c := New(r, timeout).(*probeCollector)
+	c.age = &age
+	return c
+}
+
 // Describe sends every Desc this collector may emit.
 func (c *probeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
@@ -122,7 +134,7 @@ func (c *probeCollector) Describe(ch chan<- *prometheus.Desc) {
 		smtpPhaseDurationDesc, smtpStatusCodeDesc, smtpEnhancedCodeDesc, smtpFailureDesc,
 		smtpAuthSuccessDesc, smtpHELOFallbackDesc, smtpTLSDesc, smtpExtensionDesc,
 		smtpAuthMechanismDesc, smtpAuthMechanismUsedDesc, smtpSizeLimitDesc,
-		smtpRecipientsAcceptedDesc, smtpMessageAcceptedDesc,
+		smtpRecipientsAcceptedDesc, smtpMessageAcceptedDesc, smtpResultAgeDesc,
 	} {
 		ch <- d
 	}
@@ -181,6 +193,9 @@ func (c *probeCollector) Collect(ch chan<- prometheus.Metric) {
 	// message; a constant 0 there would read as a rejection.
 	if c.planned(prober.PhaseData) {
 		gauge(ch, smtpMessageAcceptedDesc, boolValue(r.MessageAccepted))
+	}
+	if c.age != nil {
+		gauge(ch, smtpResultAgeDesc, max(c.age.Seconds(), 0))
 	}
 }
 
