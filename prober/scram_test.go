@@ -9,6 +9,7 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"hash"
 	"strings"
 	"sync"
@@ -390,6 +391,23 @@ func TestProbeSCRAMFailures(t *testing.T) {
 				secrets = append(secrets, p)
 			}
 			assertNoSecrets(t, r, log, secrets...)
+		})
+	}
+}
+
+// The client's share of a SCRAM login: the key derivation at the
+// iteration counts of Dovecot's default (4096) and of our limit.
+func BenchmarkSCRAMClientProof(b *testing.B) {
+	for _, iterations := range []int{4096, scramMaxIterations} {
+		b.Run(fmt.Sprint(iterations), func(b *testing.B) {
+			salt := base64.StdEncoding.EncodeToString([]byte("benchmark-salt"))
+			for b.Loop() {
+				a := newSCRAM(config.MechanismSCRAMSHA256, "user", "pencil", func(string) {})
+				a.Start()
+				if _, err := a.Next([]byte(fmt.Sprintf("r=%ssrv,s=%s,i=%d", a.clientNonce, salt, iterations))); err != nil {
+					b.Fatal(err)
+				}
+			}
 		})
 	}
 }
