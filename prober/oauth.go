@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -100,17 +101,24 @@ func (c *tokenCache) entry(key [sha256.Size]byte, now time.Time) *tokenEntry {
 	return e
 }
 
-// forget drops the cached token of key, after a server refused it, so that
-// the next probe asks the endpoint again instead of retrying a bad token.
-func (c *tokenCache) forget(key [sha256.Size]byte) {
+// forget drops the cached token of key if it is still token, after a
+// server refused it, so that the next probe asks the endpoint again instead
+// of retrying a bad token. A token another probe has fetched since stays.
+func (c *tokenCache) forget(ctx context.Context, key [sha256.Size]byte, token string) {
 	c.mu.Lock()
 	e, ok := c.entries[key]
 	c.mu.Unlock()
 	if !ok {
 		return
 	}
-	e.lock <- struct{}{}
-	e.token = nil
+	select {
+	case e.lock <- struct{}{}:
+	case <-ctx.Done():
+		return
+	}
+	if e.token != nil && e.token.AccessToken == token {
+		e.token = nil
+	}
 	<-e.lock
 }
 
@@ -156,9 +164,7 @@ func newOAuthClient(cfg *config.OAuth2) (*oauthClient, error) {
 
 // token returns a valid access token from the cache, or fetches one. Only
 // one probe per client fetches at a time; the others wait for its token.
-func (c *oauthClient) token(ctx context.Context, cache *tokenCache, logger interface {
-	Debug(string, ...any)
-}) (string, error) {
+func (c *oauthClient) token(ctx context.Context, cache *tokenCache, logger *slog.Logger) (string, error) {
 	e := cache.entry(c.key, time.Now())
 	select {
 	case e.lock <- struct{}{}:

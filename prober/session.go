@@ -64,7 +64,7 @@ func (p *probe) auth() bool {
 			p.logger.Warn("Server refused the bearer token", "status", oe.Status, "scope", oe.Scope, "schemes", oe.Schemes)
 		}
 		if reason == ReasonTokenRejected && p.oauth != nil {
-			oauthTokens.forget(p.oauth.key)
+			oauthTokens.forget(p.ctx, p.oauth.key, p.token)
 		}
 		if p.smtp.ExpectAuthRejected && (reason == ReasonAuthRejected || reason == ReasonTokenRejected) {
 			p.tr.note("AUTH refused, as expect_auth_rejected requires")
