@@ -83,6 +83,9 @@ type flightKey struct {
 type flight struct {
 	done  chan struct{}
 	entry *Entry // set before done is closed
+	// deadline is when the request that started the probe must answer;
+	// the probe ends by then.
+	deadline time.Time
 	// waiters counts the requests waiting for it, under the guard's mu.
 	waiters int
 }
@@ -139,9 +142,12 @@ type guardResult struct {
 
 // do returns the result for key: a stored one when the policy allows it,
 // the result of a probe of key already running, or that of run, which it
-// calls at most once per key at a time. ctx bounds only the wait for
-// another request's probe.
-func (g *guard) do(ctx context.Context, key string, policy guardPolicy, run func() *Entry) guardResult {
+// calls at most once per key at a time. deadline is when this request must
+// answer: a request that must answer before a running probe ends gives up
+// then, any other waits for the result, which comes as soon after its own
+// deadline as it would had it run the probe itself. ctx (the request's)
+// ends any wait.
+func (g *guard) do(ctx context.Context, deadline time.Time, key string, policy guardPolicy, run func() *Entry) guardResult {
 	now := g.now()
 	g.mu.Lock()
 	res, ok, released := g.lookup(key, policy, now)
@@ -153,6 +159,11 @@ func (g *guard) do(ctx context.Context, key string, policy guardPolicy, run func
 	if f, running := g.inflight[fk]; running {
 		f.waiters++
 		g.mu.Unlock()
+		if deadline.Before(f.deadline) {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, deadline)
+			defer cancel()
+		}
 		select {
 		case <-f.done:
 			return guardResult{entry: f.entry, outcome: outcomeShared, released: released}
@@ -160,7 +171,7 @@ func (g *guard) do(ctx context.Context, key string, policy guardPolicy, run func
 			return guardResult{outcome: outcomeAbandoned, released: released}
 		}
 	}
-	f := &flight{done: make(chan struct{})}
+	f := &flight{done: make(chan struct{}), deadline: deadline}
 	g.inflight[fk] = f
 	g.mu.Unlock()
 

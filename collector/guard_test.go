@@ -89,7 +89,7 @@ func TestGuardSharesConcurrentProbes(t *testing.T) {
 	results := make(chan guardResult, requests)
 	for range requests {
 		go func() {
-			results <- g.do(context.Background(), guardKey("m", "Mail.Example.NET"), policyFor(0, 0, ""), run)
+			results <- g.do(context.Background(), farDeadline, guardKey("m", "Mail.Example.NET"), policyFor(0, 0, ""), run)
 		}()
 	}
 	// Let every request reach the guard before the probe ends.
@@ -119,23 +119,49 @@ func TestGuardSharesConcurrentProbes(t *testing.T) {
 	}
 }
 
-func TestGuardWaiterGivesUpAtItsDeadline(t *testing.T) {
+// farDeadline is a request deadline that never matters.
+var farDeadline = time.Now().Add(time.Hour)
+
+func TestGuardWaitersAndDeadlines(t *testing.T) {
 	g, clock := newTestGuard(0)
 	release := make(chan struct{})
 	started := make(chan struct{})
-	go g.do(context.Background(), "k", policyFor(0, 0, ""), func() *Entry {
+	// The probe's own request must answer in 20ms; the probe overruns it.
+	leaderDeadline := time.Now().Add(20 * time.Millisecond)
+	go g.do(context.Background(), leaderDeadline, "k", policyFor(0, 0, ""), func() *Entry {
 		close(started)
 		<-release
-		return &Entry{Time: clock.Now()}
+		return &Entry{ProbeID: "late", Time: clock.Now()}
 	})
 	<-started
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	res := g.do(ctx, "k", policyFor(0, 0, ""), func() *Entry { t.Error("second probe ran"); return nil })
-	if res.outcome != outcomeAbandoned || res.entry != nil {
+	notRun := func() *Entry { t.Error("second probe ran"); return nil }
+
+	// A request that must answer before the probe's deadline gives up at
+	// its own.
+	early := time.Now().Add(10 * time.Millisecond)
+	if res := g.do(context.Background(), early, "k", policyFor(0, 0, ""), notRun); res.outcome != outcomeAbandoned || res.entry != nil {
 		t.Errorf("waiter past its deadline got %+v", res)
 	}
+	// A request whose client went away stops waiting.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if res := g.do(ctx, farDeadline, "k", policyFor(0, 0, ""), notRun); res.outcome != outcomeAbandoned {
+		t.Errorf("waiter without a client got %+v", res)
+	}
+	// A request with a later deadline than the probe's waits for its
+	// result, even past its own deadline: the probe ends by the deadline
+	// of the request that started it, so the wait is bounded, and
+	// answering a moment late beats a result of nothing (a thousand
+	// requests arriving together would otherwise race the probe's end).
+	later := make(chan guardResult)
+	go func() {
+		later <- g.do(context.Background(), leaderDeadline.Add(time.Millisecond), "k", policyFor(0, 0, ""), notRun)
+	}()
+	time.Sleep(50 * time.Millisecond)
 	close(release)
+	if res := <-later; res.outcome != outcomeShared || res.entry.ProbeID != "late" {
+		t.Errorf("waiter with a later deadline got %+v", res)
+	}
 }
 
 func TestGuardMinInterval(t *testing.T) {
@@ -143,11 +169,11 @@ func TestGuardMinInterval(t *testing.T) {
 	r := &runner{clock: clock, success: true}
 	policy := policyFor(30*time.Second, 0, "")
 
-	if res := g.do(context.Background(), "k", policy, r.run); res.outcome != outcomeFresh || res.age != 0 {
+	if res := g.do(context.Background(), farDeadline, "k", policy, r.run); res.outcome != outcomeFresh || res.age != 0 {
 		t.Fatalf("first request: %+v", res)
 	}
 	clock.Advance(20 * time.Second)
-	res := g.do(context.Background(), "k", policy, r.run)
+	res := g.do(context.Background(), farDeadline, "k", policy, r.run)
 	if res.outcome != outcomeReused || res.age != 20*time.Second || res.entry.ProbeID != "p-1" {
 		t.Errorf("within min_interval: outcome %v age %v entry %s, want reused, 20s, p-1", res.outcome, res.age, res.entry.ProbeID)
 	}
@@ -155,16 +181,16 @@ func TestGuardMinInterval(t *testing.T) {
 		t.Error("the stored result keeps its transcript")
 	}
 	// Another target, and the same module after a reload, probe afresh.
-	if res := g.do(context.Background(), "other", policy, r.run); res.outcome != outcomeFresh {
+	if res := g.do(context.Background(), farDeadline, "other", policy, r.run); res.outcome != outcomeFresh {
 		t.Errorf("other key: %v", res.outcome)
 	}
 	changed := policy
 	changed.fingerprint[0] = 2
-	if res := g.do(context.Background(), "k", changed, r.run); res.outcome != outcomeFresh {
+	if res := g.do(context.Background(), farDeadline, "k", changed, r.run); res.outcome != outcomeFresh {
 		t.Errorf("changed module: %v", res.outcome)
 	}
 	clock.Advance(30 * time.Second)
-	if res := g.do(context.Background(), "k", changed, r.run); res.outcome != outcomeFresh {
+	if res := g.do(context.Background(), farDeadline, "k", changed, r.run); res.outcome != outcomeFresh {
 		t.Errorf("after min_interval: %v", res.outcome)
 	}
 	if n := r.calls.Load(); n != 4 {
@@ -177,12 +203,12 @@ func TestGuardHoldsLoginsAfterRejection(t *testing.T) {
 	r := &runner{clock: clock, phase: prober.PhaseAuth, reason: prober.ReasonAuthRejected}
 	wrong := policyFor(0, 5*time.Minute, "hash-of-wrong-password")
 
-	if res := g.do(context.Background(), "k", wrong, r.run); res.outcome != outcomeFresh {
+	if res := g.do(context.Background(), farDeadline, "k", wrong, r.run); res.outcome != outcomeFresh {
 		t.Fatalf("first: %v", res.outcome)
 	}
 	for range 3 {
 		clock.Advance(time.Minute)
-		res := g.do(context.Background(), "k", wrong, r.run)
+		res := g.do(context.Background(), farDeadline, "k", wrong, r.run)
 		if res.outcome != outcomeHeld || res.entry.ProbeID != "p-1" || res.entry.FailureReason != prober.ReasonAuthRejected {
 			t.Fatalf("during the backoff: %+v", res)
 		}
@@ -194,42 +220,42 @@ func TestGuardHoldsLoginsAfterRejection(t *testing.T) {
 	// does not end the hold.
 	unreadable := policyFor(0, 5*time.Minute, "")
 	r.phase, r.reason = prober.PhaseSetup, prober.ReasonCredentials
-	if res := g.do(context.Background(), "k", unreadable, r.run); res.outcome != outcomeFresh {
+	if res := g.do(context.Background(), farDeadline, "k", unreadable, r.run); res.outcome != outcomeFresh {
 		t.Errorf("unreadable credentials: %v", res.outcome)
 	}
-	if res := g.do(context.Background(), "k", wrong, r.run); res.outcome != outcomeHeld {
+	if res := g.do(context.Background(), farDeadline, "k", wrong, r.run); res.outcome != outcomeHeld {
 		t.Errorf("a setup failure ended the hold: %v", res.outcome)
 	}
 	// A new password is tried at once.
 	r.phase, r.reason, r.success = "", "", true
 	fixed := policyFor(0, 5*time.Minute, "hash-of-new-password")
-	res := g.do(context.Background(), "k", fixed, r.run)
+	res := g.do(context.Background(), farDeadline, "k", fixed, r.run)
 	if res.outcome != outcomeFresh || res.released != "the credentials changed" {
 		t.Errorf("new credentials: %+v", res)
 	}
-	if res := g.do(context.Background(), "k", fixed, r.run); res.outcome != outcomeFresh {
+	if res := g.do(context.Background(), farDeadline, "k", fixed, r.run); res.outcome != outcomeFresh {
 		t.Errorf("after a success: %v, want a fresh probe", res.outcome)
 	}
 
 	// A changed module ends a hold too, and so does the end of the backoff.
 	r.success, r.phase, r.reason = false, prober.PhaseAuth, prober.ReasonTokenRejected
-	g.do(context.Background(), "t", wrong, r.run)
+	g.do(context.Background(), farDeadline, "t", wrong, r.run)
 	reloaded := wrong
 	reloaded.fingerprint[0] = 9
-	if res := g.do(context.Background(), "t", reloaded, r.run); res.outcome != outcomeFresh || res.released != "the module's configuration changed" {
+	if res := g.do(context.Background(), farDeadline, "t", reloaded, r.run); res.outcome != outcomeFresh || res.released != "the module's configuration changed" {
 		t.Errorf("after a reload: %+v", res)
 	}
-	if res := g.do(context.Background(), "t", reloaded, r.run); res.outcome != outcomeHeld {
+	if res := g.do(context.Background(), farDeadline, "t", reloaded, r.run); res.outcome != outcomeHeld {
 		t.Errorf("token_rejected does not hold: %v", res.outcome)
 	}
 	clock.Advance(5 * time.Minute)
-	if res := g.do(context.Background(), "t", reloaded, r.run); res.outcome != outcomeFresh {
+	if res := g.do(context.Background(), farDeadline, "t", reloaded, r.run); res.outcome != outcomeFresh {
 		t.Errorf("after the backoff: %v", res.outcome)
 	}
 	// Without a backoff (expect_auth_rejected, or 0) nothing is held.
 	none := policyFor(0, 0, "hash-of-wrong-password")
-	g.do(context.Background(), "u", none, r.run)
-	if res := g.do(context.Background(), "u", none, r.run); res.outcome != outcomeFresh {
+	g.do(context.Background(), farDeadline, "u", none, r.run)
+	if res := g.do(context.Background(), farDeadline, "u", none, r.run); res.outcome != outcomeFresh {
 		t.Errorf("held without a backoff: %v", res.outcome)
 	}
 }
@@ -239,7 +265,7 @@ func TestGuardIsBounded(t *testing.T) {
 	r := &runner{clock: clock, success: true}
 	policy := policyFor(time.Minute, 0, "")
 	for i := range 1000 {
-		g.do(context.Background(), fmt.Sprintf("target-%d", i), policy, r.run)
+		g.do(context.Background(), farDeadline, fmt.Sprintf("target-%d", i), policy, r.run)
 		if i == 500 {
 			clock.Advance(2 * time.Minute) // everything so far has expired
 		}
@@ -248,10 +274,10 @@ func TestGuardIsBounded(t *testing.T) {
 		t.Errorf("guard holds %d results, want its limit of 100", n)
 	}
 	// The most recent are kept.
-	if res := g.do(context.Background(), "target-999", policy, r.run); res.outcome != outcomeReused {
+	if res := g.do(context.Background(), farDeadline, "target-999", policy, r.run); res.outcome != outcomeReused {
 		t.Errorf("most recent result dropped: %v", res.outcome)
 	}
-	if res := g.do(context.Background(), "target-0", policy, r.run); res.outcome != outcomeFresh {
+	if res := g.do(context.Background(), farDeadline, "target-0", policy, r.run); res.outcome != outcomeFresh {
 		t.Errorf("oldest result kept: %v", res.outcome)
 	}
 }

@@ -177,13 +177,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	res := func() guardResult {
 		defer h.release()
-		// The deadline bounds only the wait for a probe another request
-		// started; a probe runs on its own deadline and is not cancelled
-		// when the request that started it goes away, since others may be
-		// waiting for it.
-		ctx, cancel := context.WithTimeout(r.Context(), timeout)
-		defer cancel()
-		return h.guard.do(ctx, guardKey(moduleName, target), h.guardPolicy(module), func() *Entry {
+		// A probe runs on its own deadline and is not cancelled when the
+		// request that started it goes away, since others may be waiting
+		// for it.
+		deadline := time.Now().Add(timeout)
+		return h.guard.do(r.Context(), deadline, guardKey(moduleName, target), h.guardPolicy(module), func() *Entry {
 			entry := h.run(context.WithoutCancel(r.Context()), target, moduleName, module, timeout)
 			h.history.Add(entry)
 			return entry
