@@ -196,7 +196,7 @@ func (c *oauthClient) token(ctx context.Context, cache *tokenCache, logger *slog
 		e.expiry = tok.Expiry.Add(-tokenEarlyExpiry)
 	}
 	logger.Debug("Obtained an access token", "duration_seconds", time.Since(start).Seconds(),
-		"grant", c.grant(), "expires_in_seconds", time.Until(tok.Expiry).Seconds())
+		"grant", c.grant(), "used_for_seconds", time.Until(e.expiry).Seconds())
 	return tok.AccessToken, nil
 }
 
