@@ -128,10 +128,7 @@ func authReason(code int) Reason {
 func (p *probe) saslExchange(mech saslMechanism, username string) (*Reply, error) {
 	send := func(resp []byte) error {
 		enc := base64.StdEncoding.EncodeToString(resp)
-		if string(resp) != username {
-			p.tr.addSecret(string(resp))
-			p.tr.addSecret(enc)
-		}
+		p.tr.addResponse(resp, username)
 		// An empty response is an empty line (RFC 4954 section 4): "="
 		// stands for an empty initial response only.
 		return p.c.writeLine(enc)
@@ -144,8 +141,7 @@ func (p *probe) saslExchange(mech saslMechanism, username string) (*Reply, error
 	line := "AUTH " + name
 	if initial != nil {
 		enc := base64.StdEncoding.EncodeToString(initial)
-		p.tr.addSecret(string(initial))
-		p.tr.addSecret(enc)
+		p.tr.addResponse(initial, username)
 		if enc == "" {
 			enc = "="
 		}

@@ -1,8 +1,11 @@
 package prober
 
 import (
+	"cmp"
+	"encoding/base64"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -86,10 +89,44 @@ func (t *transcript) note(format string, args ...any) {
 	t.add(Note, fmt.Sprintf(format, args...))
 }
 
-// addSecret registers a string never to be shown.
+// base64Encodings are the alphabets a secret is also scrubbed in: a server
+// that quotes what it was sent, decoded or re-encoded, must not get the
+// secret into the transcript that way.
+var base64Encodings = []*base64.Encoding{
+	base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding,
+}
+
+// addSecret registers a string never to be shown, with its base64 forms.
 func (t *transcript) addSecret(s string) {
-	if len(s) >= minSecretLen {
-		t.secrets = append(t.secrets, s)
+	if len(s) < minSecretLen {
+		return
+	}
+	forms := []string{s}
+	for _, enc := range base64Encodings {
+		forms = append(forms, enc.EncodeToString([]byte(s)))
+	}
+	for _, f := range forms {
+		if !slices.Contains(t.secrets, f) {
+			t.secrets = append(t.secrets, f)
+		}
+	}
+	// Longest first, so that a secret inside another (the password inside
+	// the PLAIN blob) does not leave the rest of the longer one readable.
+	slices.SortStableFunc(t.secrets, func(a, b string) int { return cmp.Compare(len(b), len(a)) })
+}
+
+// addResponse registers a SASL response and each of its parts but the
+// username: the digest of CRAM-MD5's "username digest", the password of
+// PLAIN's NUL-separated blob.
+func (t *transcript) addResponse(resp []byte, username string) {
+	if string(resp) == username {
+		return
+	}
+	t.addSecret(string(resp))
+	for _, part := range strings.FieldsFunc(string(resp), func(r rune) bool { return r == 0 || r == ' ' }) {
+		if part != username {
+			t.addSecret(part)
+		}
 	}
 }
 
