@@ -11,8 +11,9 @@ import (
 	"time"
 )
 
-// maxTargetLen bounds the target parameter; a DNS name is at most 253.
-const maxTargetLen = 255
+// maxTargetLen bounds the target parameter: a DNS name of the longest
+// length allowed (253) with a port.
+const maxTargetLen = 253 + len(":65535")
 
 // parseTarget splits a target into host and port. Accepted forms: "host",
 // "host:port", "[v6]", "[v6]:port" and a bare IPv6 address; defaultPort
@@ -36,12 +37,18 @@ func parseTarget(target string, defaultPort int) (host string, port int, err err
 
 	// A bare IPv6 address has colons but no port.
 	if a, err := netip.ParseAddr(target); err == nil {
+		if !isZone(a.Zone()) {
+			return "", 0, errZone
+		}
 		return a.String(), defaultPort, nil
 	}
 	if strings.HasPrefix(target, "[") && strings.HasSuffix(target, "]") {
 		a, err := netip.ParseAddr(target[1 : len(target)-1])
 		if err != nil || !a.Is6() {
 			return "", 0, fmt.Errorf("%q is not a bracketed IPv6 address", target)
+		}
+		if !isZone(a.Zone()) {
+			return "", 0, errZone
 		}
 		return a.String(), defaultPort, nil
 	}
@@ -64,6 +71,9 @@ func parseTarget(target string, defaultPort int) (host string, port int, err err
 			if a.Is6() && !strings.HasPrefix(target, "[") {
 				return "", 0, errors.New("an IPv6 address with a port must be in brackets")
 			}
+			if !isZone(a.Zone()) {
+				return "", 0, errZone
+			}
 			return a.String(), port, nil
 		}
 	}
@@ -71,6 +81,26 @@ func parseTarget(target string, defaultPort int) (host string, port int, err err
 		return "", 0, fmt.Errorf("%q is not a host name or IP address", host)
 	}
 	return strings.TrimSuffix(host, "."), port, nil
+}
+
+// errZone refuses an IPv6 zone that cannot name a network interface:
+// netip accepts any text after the "%", brackets and colons included.
+var errZone = errors.New("the IPv6 zone must be an interface name or number")
+
+// isZone accepts no zone, or an interface name or index: letters, digits,
+// '.', '-' and '_', as Linux, BSD and Windows name them.
+func isZone(z string) bool {
+	if len(z) > 32 {
+		return false
+	}
+	for i := 0; i < len(z); i++ {
+		c := z[i]
+		ok := c == '.' || c == '-' || c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // isHostName accepts DNS names of letters, digits, '-' and '_'.
