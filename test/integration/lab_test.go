@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -21,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -75,13 +77,31 @@ var (
 	exporterBinary string
 	// buildErr is why exporterBinary could not be built.
 	buildErr error
+	// workDir is a directory for the whole run (the binary, the shared
+	// exporter's files); removed when the tests end.
+	workDir string
 )
 
 func TestMain(m *testing.M) {
 	os.Exit(runTests(m))
 }
 
+// defaultParallel is how many tests run at once unless -parallel says
+// otherwise. The tests mostly wait: on Dovecot, which answers a wrong
+// password only at its next 0.5 s tick, and on Postfix's delivery. The
+// default of GOMAXPROCS would queue those waits behind each other.
+const defaultParallel = 8
+
 func runTests(m *testing.M) int {
+	flag.Parse()
+	parallelGiven := false
+	flag.Visit(func(f *flag.Flag) { parallelGiven = parallelGiven || f.Name == "test.parallel" })
+	if !parallelGiven {
+		if err := flag.Set("test.parallel", strconv.Itoa(defaultParallel)); err != nil {
+			fmt.Fprintln(os.Stderr, "integration:", err)
+			return 1
+		}
+	}
 	lab, labErr = loadLab()
 	if labErr != nil && os.Getenv("CI") == "true" {
 		fmt.Fprintf(os.Stderr, "integration: the lab is required in CI: %v\n", labErr)
@@ -94,9 +114,15 @@ func runTests(m *testing.M) int {
 			return 1
 		}
 		defer os.RemoveAll(dir)
+		workDir = dir
 		exporterBinary, buildErr = buildExporter(dir)
 	}
-	return m.Run()
+	code := m.Run()
+	if err := stopSharedExporter(); err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		code = 1
+	}
+	return code
 }
 
 // requireLab skips the test when no lab is configured (outside CI) and
@@ -293,7 +319,11 @@ type Exporter struct {
 	URL        string // http://127.0.0.1:port
 	ConfigFile string
 	cmd        *exec.Cmd
-	output     *syncBuffer
+	exited     chan error // receives the result of cmd.Wait
+	output     *outputLog
+	// shared is set for the exporter all tests share: its log covers
+	// every test, so a failing test shows only its own modules' lines.
+	shared bool
 }
 
 // startExporter writes configYAML to a file and runs the exporter on a free
@@ -301,53 +331,66 @@ type Exporter struct {
 func startExporter(t *testing.T, configYAML string, extraArgs ...string) *Exporter {
 	t.Helper()
 	requireLab(t)
-	configFile := filepath.Join(t.TempDir(), "smtp_exporter.yml")
-	if err := os.WriteFile(configFile, []byte(configYAML), 0o600); err != nil {
+	e, err := launchExporter(t.TempDir(), configYAML, extraArgs...)
+	if err != nil {
 		t.Fatal(err)
 	}
-	addr := freeLoopbackAddr(t)
+	t.Cleanup(func() {
+		if err := e.stop(); err != nil {
+			t.Error(err)
+		}
+		if t.Failed() {
+			t.Logf("smtp_exporter output:\n%s", scrubLabPassword(e.output.String()))
+		}
+	})
+	return e
+}
+
+// launchExporter writes configYAML into dir and starts the exporter on a
+// free loopback port, returning once it answers /-/healthy. The caller
+// stops it with stop.
+func launchExporter(dir, configYAML string, extraArgs ...string) (*Exporter, error) {
+	configFile := filepath.Join(dir, "smtp_exporter.yml")
+	if err := os.WriteFile(configFile, []byte(configYAML), 0o600); err != nil {
+		return nil, err
+	}
+	addr, err := freeLoopbackAddr()
+	if err != nil {
+		return nil, err
+	}
 	args := append([]string{
 		"--config.file=" + configFile,
 		"--web.listen-address=" + addr,
 		"--log.level=debug",
 	}, extraArgs...)
-	e := &Exporter{URL: "http://" + addr, ConfigFile: configFile, output: &syncBuffer{}}
+	e := &Exporter{URL: "http://" + addr, ConfigFile: configFile, output: newOutputLog(), exited: make(chan error, 1)}
 	e.cmd = exec.Command(exporterBinary, args...)
-	e.cmd.Stdout = e.output
-	e.cmd.Stderr = e.output
+	e.cmd.Stdout = e.output.pipe()
+	e.cmd.Stderr = e.output.pipe()
 	if err := e.cmd.Start(); err != nil {
-		t.Fatalf("starting smtp_exporter: %v", err)
+		return nil, fmt.Errorf("starting smtp_exporter: %w", err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- e.cmd.Wait() }()
-	t.Cleanup(func() {
-		stopProcess(t, e.cmd, exited)
-		if strings.Contains(e.output.String(), "WARNING: DATA RACE") {
-			t.Error("the race detector reported a data race in smtp_exporter")
-		}
-		if t.Failed() {
-			t.Logf("smtp_exporter output:\n%s", e.output.String())
-		}
-	})
-	e.waitHealthy(t, exited)
-	return e
+	go func() { e.exited <- e.cmd.Wait() }()
+	if err := e.waitHealthy(); err != nil {
+		_ = e.stop() // already failed; its output is in err
+		return nil, err
+	}
+	return e, nil
 }
 
 // freeLoopbackAddr returns a 127.0.0.1 address with a port free a moment
 // ago. Another process could take it before the exporter binds it; the
 // exporter then fails to start and the test says so.
-func freeLoopbackAddr(t *testing.T) string {
-	t.Helper()
+func freeLoopbackAddr() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	defer l.Close()
-	return l.Addr().String()
+	return l.Addr().String(), nil
 }
 
-func (e *Exporter) waitHealthy(t *testing.T, exited <-chan error) {
-	t.Helper()
+func (e *Exporter) waitHealthy() error {
 	deadline := time.Now().Add(10 * time.Second)
 	client := &http.Client{Timeout: time.Second}
 	for {
@@ -355,35 +398,41 @@ func (e *Exporter) waitHealthy(t *testing.T, exited <-chan error) {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return
+				return nil
 			}
 			err = fmt.Errorf("status %s", resp.Status)
 		}
 		select {
-		case werr := <-exited:
-			t.Fatalf("smtp_exporter exited before it was healthy (%v):\n%s", werr, e.output.String())
+		case werr := <-e.exited:
+			e.exited <- werr // for stop
+			return fmt.Errorf("smtp_exporter exited before it was healthy (%v):\n%s", werr, e.output.String())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("smtp_exporter not healthy after 10s: %v\n%s", err, e.output.String())
+			return fmt.Errorf("smtp_exporter not healthy after 10s: %v\n%s", err, e.output.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
 
-// stopProcess ends the exporter with SIGTERM, then SIGKILL if it hangs.
-func stopProcess(t *testing.T, cmd *exec.Cmd, exited <-chan error) {
-	t.Helper()
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		t.Errorf("signalling smtp_exporter: %v", err)
+// stop ends the exporter with SIGTERM, then SIGKILL if it hangs, and
+// reports a hang or a data race found by the race detector.
+func (e *Exporter) stop() error {
+	var errs []error
+	if err := e.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		errs = append(errs, fmt.Errorf("signalling smtp_exporter: %w", err))
 	}
 	select {
-	case <-exited:
+	case <-e.exited:
 	case <-time.After(10 * time.Second):
-		t.Error("smtp_exporter did not stop within 10s of SIGTERM; killing it")
-		_ = cmd.Process.Kill()
-		<-exited
+		errs = append(errs, errors.New("smtp_exporter did not stop within 10s of SIGTERM; killed it"))
+		_ = e.cmd.Process.Kill()
+		<-e.exited
 	}
+	if strings.Contains(e.output.String(), "WARNING: DATA RACE") {
+		errs = append(errs, errors.New("the race detector reported a data race in smtp_exporter"))
+	}
+	return errors.Join(errs...)
 }
 
 // Output returns what the exporter has logged so far.
@@ -418,6 +467,7 @@ type ProbeResponse struct {
 // answer whatever its status.
 func (e *Exporter) probeRaw(t *testing.T, module, target string, extra url.Values) ProbeResponse {
 	t.Helper()
+	e.logModuleOnFailure(t, module)
 	q := url.Values{"module": {module}, "target": {target}}
 	for k, v := range extra {
 		q[k] = v
@@ -439,6 +489,11 @@ func (e *Exporter) probeRaw(t *testing.T, module, target string, extra url.Value
 		t.Fatalf("GET /probe?%s: reading body: %v", q.Encode(), err)
 	}
 	r := ProbeResponse{Status: resp.StatusCode, Body: string(body), Elapsed: time.Since(start)}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("GET /probe?%s answered %d:\n%s", q.Encode(), r.Status, scrubLabPassword(r.Body))
+		}
+	})
 	if resp.StatusCode == http.StatusOK && extra.Get("debug") != "true" {
 		parser := expfmt.NewTextParser(model.UTF8Validation)
 		r.Families, err = parser.TextToMetricFamilies(bytes.NewReader(body))
@@ -553,46 +608,59 @@ func maildirFiles(t *testing.T, maildir string) map[string]bool {
 	return names
 }
 
-// waitForNewMessage waits until a message that was not in before appears in
-// the Maildir's new/ and contains want, and returns its content. Delivery
-// is asynchronous: the 250 after DATA only means queued.
-func waitForNewMessage(t *testing.T, maildir string, before map[string]bool, want string, timeout time.Duration) string {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
+// outputLog collects the exporter's output from its two pipes at once and
+// files each complete line that names a module under it, so that tests
+// polling for their module's lines do not rescan the whole log.
+type outputLog struct {
+	mu       sync.Mutex
+	buf      bytes.Buffer
+	byModule map[string][]string
+}
+
+func newOutputLog() *outputLog {
+	return &outputLog{byModule: map[string][]string{}}
+}
+
+// pipe returns a writer for one of the process's outputs; each keeps its
+// own unfinished line.
+func (o *outputLog) pipe() io.Writer {
+	return &pipeWriter{log: o}
+}
+
+type pipeWriter struct {
+	log     *outputLog
+	partial []byte
+}
+
+func (w *pipeWriter) Write(p []byte) (int, error) {
+	o := w.log
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.buf.Write(p)
+	w.partial = append(w.partial, p...)
 	for {
-		for name := range maildirFiles(t, maildir) {
-			if before[name] {
-				continue
-			}
-			data, err := os.ReadFile(filepath.Join(maildir, "new", name))
-			if err != nil {
-				t.Fatalf("reading delivered message: %v", err)
-			}
-			if strings.Contains(string(data), want) {
-				return string(data)
-			}
+		i := bytes.IndexByte(w.partial, '\n')
+		if i < 0 {
+			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no new message containing %q in %s after %s", want, maildir, timeout)
+		line := string(w.partial[:i])
+		w.partial = w.partial[i+1:]
+		if module, ok := logAttr(line, "module"); ok {
+			o.byModule[module] = append(o.byModule[module], line)
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
+	return len(p), nil
 }
 
-// syncBuffer collects the exporter's output from two pipes at once.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+func (o *outputLog) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.buf.String()
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+// moduleLines returns the complete lines logged so far with module=NAME.
+func (o *outputLog) moduleLines(module string) []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return slices.Clone(o.byModule[module])
 }

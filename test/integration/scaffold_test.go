@@ -5,6 +5,7 @@ import "testing"
 // TestScaffolding checks the harness itself: the exporter binary starts with
 // the generated configuration, and a probe of the lab comes back parsed.
 func TestScaffolding(t *testing.T) {
+	t.Parallel()
 	l := requireLab(t)
 	e := startExporter(t, l.LabConfig())
 
