@@ -382,13 +382,13 @@ var reasonMeaning = map[prober.Reason]string{
 	prober.ReasonMessageDeferred:      "The server deferred DATA with a 4xx reply.",
 
 	// Modern authentication and security posture checks.
-	"server_signature":           "The SCRAM server did not prove that it knows the password: its signature was wrong.",
-	"token_rejected":             "The server refused the OAuth bearer token.",
-	"token_unavailable":          "There was no token to log in with: token_file could not be read or the token endpoint failed.",
-	"auth_offered_without_tls":   "The server offers AUTH before TLS, and the module fails on that (fail_if_auth_offered_without_tls).",
-	"insecure_mechanism_offered": "The server offers, before TLS, a mechanism listed in the module's fail_if_mechanisms_offered.",
-	"tls_version":                "The server and the module share no TLS version within min_version and max_version.",
-	"auth_unexpectedly_accepted": "The server accepted a login the module expects it to refuse (expect_auth_rejected).",
+	prober.ReasonServerSignature:          "The SCRAM server did not prove that it knows the password: its signature was wrong.",
+	prober.ReasonTokenRejected:            "The server refused the OAuth bearer token.",
+	prober.ReasonTokenUnavailable:         "There was no token to log in with: token_file could not be read or the token endpoint failed.",
+	prober.ReasonAuthOfferedWithoutTLS:    "The server offers AUTH before TLS, and the module fails on that (fail_if_auth_offered_without_tls).",
+	prober.ReasonInsecureMechanism:        "The server offers, before TLS, a mechanism listed in the module's fail_if_mechanisms_offered.",
+	prober.ReasonTLSVersion:               "The server and the module share no TLS version within min_version and max_version.",
+	prober.ReasonAuthUnexpectedlyAccepted: "The server accepted a login the module expects it to refuse (expect_auth_rejected).",
 }
 
 // newProbePage gathers what the result page shows of a history entry; now
