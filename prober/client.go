@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"syscall"
 )
 
 // Read bounds. RFC 5321 allows 512-octet reply lines; real servers stay far
@@ -27,10 +28,32 @@ type smtpConn struct {
 	nc net.Conn
 	r  *bufio.Reader
 	tr *transcript
+	// sock is the TCP socket under any TLS, for the acknowledgement
+	// setting of ackNow; nil when nc is not a socket (tests).
+	sock syscall.RawConn
 }
 
 func newSMTPConn(nc net.Conn, tr *transcript) *smtpConn {
-	return &smtpConn{nc: nc, r: bufio.NewReaderSize(nc, maxReplyLineLen), tr: tr}
+	c := &smtpConn{nc: nc, r: bufio.NewReaderSize(nc, maxReplyLineLen), tr: tr}
+	if sc, ok := nc.(syscall.Conn); ok {
+		c.sock, _ = sc.SyscallConn()
+	}
+	return c
+}
+
+// ackNow makes the kernel acknowledge what the server sends next without
+// delay. Without it a reply can sit in the server's socket for the 40 ms of
+// our delayed ACK: a server with Nagle's algorithm on (Postfix) holds back
+// a small write while an earlier one is unacknowledged, and Postfix with
+// OpenSSL and TLS 1.3 writes its session ticket alone right after the
+// handshake, then the banner or the reply to EHLO. Linux delays ACKs after
+// the client has just sent something, which is every time here; the phase
+// timings would report the stall as the server's. Called before every
+// reply, because sending re-enables the delay.
+func (c *smtpConn) ackNow() {
+	if c.sock != nil {
+		_ = c.sock.Control(setQuickACK)
+	}
 }
 
 // upgrade switches to the TLS connection wrapping the current one.
@@ -102,6 +125,7 @@ func (c *smtpConn) readLine() (string, error) {
 // readReply reads a whole reply, single or multi-line, and only returns
 // once its final line ("code SP") is in.
 func (c *smtpConn) readReply() (*Reply, error) {
+	c.ackNow()
 	rep := &Reply{}
 	for i := 0; ; i++ {
 		if i == maxReplyLines {
