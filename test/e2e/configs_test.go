@@ -1,0 +1,249 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// The shipped files the scenario runs, relative to the repository root.
+const (
+	shippedPrometheusConfig   = "examples/prometheus/prometheus.yml"
+	shippedRules              = "examples/prometheus/smtp_exporter.rules.yml"
+	shippedAlertmanagerConfig = "examples/alertmanager/alertmanager.yml"
+
+	// probeJob is the shipped job whose scrape configuration (module
+	// parameter and relabeling) the scenario uses for its target, and
+	// exporterJob the one that scrapes the exporter's own /metrics.
+	probeJob    = "smtp_submission"
+	exporterJob = "smtp_exporter"
+)
+
+// forLine is the form every `for:` of the rules file takes (its header
+// promises one per line), so that the waits can be shortened without
+// touching an expression.
+var forLine = regexp.MustCompile(`(?m)^(\s+)for: (\S+)$`)
+
+// promDuration spells a duration for Prometheus and Alertmanager.
+func promDuration(d time.Duration) string {
+	return strconv.FormatInt(d.Milliseconds(), 10) + "ms"
+}
+
+func readShipped(t *testing.T, name string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(repoRoot(t), name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func writeConfig(t *testing.T, dir, name string, data []byte) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func marshalYAML(t *testing.T, v any) []byte {
+	t.Helper()
+	data, err := yaml.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// shortenedRules returns the shipped rules with every `for:` replaced,
+// and how many there were.
+func shortenedRules(t *testing.T, alertFor time.Duration) ([]byte, int) {
+	t.Helper()
+	rules := readShipped(t, shippedRules)
+	n := len(forLine.FindAll(rules, -1))
+	if n == 0 {
+		t.Fatalf("%s: no `for:` line to shorten", shippedRules)
+	}
+	return forLine.ReplaceAll(rules, []byte("${1}for: "+promDuration(alertFor))), n
+}
+
+// exporterConfig is a module like the shipped submission module, pointed
+// at the private lab: STARTTLS, the lab's CA, PLAIN with a password file.
+func exporterConfig(module string, l *lab, passwordFile string) []byte {
+	return fmt.Appendf(nil, `modules:
+  %s:
+    timeout: 10s
+    smtp:
+      tls: starttls
+      port: %d
+      tls_config:
+        ca_file: %q
+        server_name: localhost
+      auth:
+        mechanism: PLAIN
+        username: %q
+        password_file: %q
+      allowed_targets: ["127.0.0.1"]
+`, module, l.submissionPort, l.vars["LAB_CA"], l.vars["LAB_USER"], passwordFile)
+}
+
+// prometheusSetup is the Prometheus configuration of the scenario and what
+// the test needs to know about it.
+type prometheusSetup struct {
+	config []byte
+	module string // the module the probe job asks for
+}
+
+// prometheusConfig takes the shipped prometheus.yml and keeps its probe job
+// and the exporter's own job, with their parameters and relabeling as
+// shipped; only addresses and intervals change: the target is the lab, the
+// relabeling's exporter address is the exporter under test, and alerts go
+// to the Alertmanager under test.
+func prometheusConfig(t *testing.T, rulesFile, exporterAddr, amAddr, target string, scrapeInterval, evaluationInterval time.Duration) prometheusSetup {
+	t.Helper()
+	var shipped map[string]any
+	if err := yaml.Unmarshal(readShipped(t, shippedPrometheusConfig), &shipped); err != nil {
+		t.Fatalf("%s: %v", shippedPrometheusConfig, err)
+	}
+	jobs, _ := shipped["scrape_configs"].([]any)
+	byName := map[string]map[string]any{}
+	for _, j := range jobs {
+		if job, ok := j.(map[string]any); ok {
+			if name, ok := job["job_name"].(string); ok {
+				byName[name] = job
+			}
+		}
+	}
+	probe, own := byName[probeJob], byName[exporterJob]
+	if probe == nil || own == nil {
+		t.Fatalf("%s has no job %s or %s", shippedPrometheusConfig, probeJob, exporterJob)
+	}
+
+	var setup prometheusSetup
+	if params, ok := probe["params"].(map[string]any); ok {
+		if modules, ok := params["module"].([]any); ok && len(modules) == 1 {
+			setup.module, _ = modules[0].(string)
+		}
+	}
+	if setup.module == "" {
+		t.Fatalf("%s: job %s has no single module parameter", shippedPrometheusConfig, probeJob)
+	}
+
+	// The relabeling is a YAML alias shared by several jobs: copy it
+	// before changing the one address in it.
+	shippedRelabel, _ := probe["relabel_configs"].([]any)
+	var relabel []any
+	replaced := 0
+	for _, rc := range shippedRelabel {
+		orig, ok := rc.(map[string]any)
+		if !ok {
+			t.Fatalf("%s: job %s: relabel config %v is not a map", shippedPrometheusConfig, probeJob, rc)
+		}
+		c := map[string]any{}
+		for k, v := range orig {
+			c[k] = v
+		}
+		if c["target_label"] == "__address__" {
+			if _, ok := c["replacement"]; ok {
+				c["replacement"] = exporterAddr
+				replaced++
+			}
+		}
+		relabel = append(relabel, c)
+	}
+	if replaced != 1 {
+		t.Fatalf("%s: job %s: %d relabelings set the exporter address (__address__), want 1", shippedPrometheusConfig, probeJob, replaced)
+	}
+	probe["relabel_configs"] = relabel
+	// Both jobs are scraped every scrapeInterval, and a probe may take
+	// all of it.
+	for _, job := range []map[string]any{probe, own} {
+		delete(job, "scrape_interval")
+		job["scrape_timeout"] = promDuration(scrapeInterval)
+		delete(job, "file_sd_configs")
+	}
+	probe["static_configs"] = []any{map[string]any{"targets": []any{target}}}
+	own["static_configs"] = []any{map[string]any{"targets": []any{exporterAddr}}}
+
+	setup.config = marshalYAML(t, map[string]any{
+		"global": map[string]any{
+			"scrape_interval":     promDuration(scrapeInterval),
+			"scrape_timeout":      promDuration(scrapeInterval),
+			"evaluation_interval": promDuration(evaluationInterval),
+		},
+		"rule_files": []any{rulesFile},
+		"alerting": map[string]any{
+			"alertmanagers": []any{map[string]any{
+				"static_configs": []any{map[string]any{"targets": []any{amAddr}}},
+			}},
+		},
+		"scrape_configs": []any{own, probe},
+	})
+	return setup
+}
+
+// alertmanagerConfig takes the shipped routing tree and inhibit rules and
+// points every receiver at the test's webhook (URL path = receiver name),
+// with every grouping wait shortened. Only webhooks to the test server
+// remain: no receiver can reach anything else.
+func alertmanagerConfig(t *testing.T, webhookURL string, wait time.Duration) []byte {
+	t.Helper()
+	var shipped map[string]any
+	if err := yaml.Unmarshal(readShipped(t, shippedAlertmanagerConfig), &shipped); err != nil {
+		t.Fatalf("%s: %v", shippedAlertmanagerConfig, err)
+	}
+	route, ok := shipped["route"].(map[string]any)
+	if !ok {
+		t.Fatalf("%s has no route", shippedAlertmanagerConfig)
+	}
+	var shorten func(r map[string]any)
+	shorten = func(r map[string]any) {
+		for _, key := range []string{"group_wait", "group_interval", "repeat_interval"} {
+			if _, ok := r[key]; ok {
+				r[key] = promDuration(wait)
+			}
+		}
+		children, _ := r["routes"].([]any)
+		for _, c := range children {
+			if child, ok := c.(map[string]any); ok {
+				shorten(child)
+			}
+		}
+	}
+	shorten(route)
+	for _, key := range []string{"group_wait", "group_interval", "repeat_interval"} {
+		route[key] = promDuration(wait)
+	}
+
+	shippedReceivers, _ := shipped["receivers"].([]any)
+	var receivers []any
+	for _, r := range shippedReceivers {
+		rm, _ := r.(map[string]any)
+		name, _ := rm["name"].(string)
+		if name == "" {
+			t.Fatalf("%s: receiver without a name: %v", shippedAlertmanagerConfig, r)
+		}
+		receivers = append(receivers, map[string]any{
+			"name": name,
+			"webhook_configs": []any{map[string]any{
+				"url":           webhookURL + "/" + name,
+				"send_resolved": true,
+			}},
+		})
+	}
+	if len(receivers) == 0 {
+		t.Fatalf("%s has no receivers", shippedAlertmanagerConfig)
+	}
+	out := map[string]any{"route": route, "receivers": receivers}
+	if inhibit, ok := shipped["inhibit_rules"]; ok {
+		out["inhibit_rules"] = inhibit
+	}
+	return marshalYAML(t, out)
+}
