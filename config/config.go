@@ -35,6 +35,21 @@ func Load(data []byte) (*Config, error) {
 		}
 		return nil, errors.New(typeNameInError.ReplaceAllString(err.Error(), ""))
 	}
+	// A second document would be ignored: refuse it, so that what the file
+	// says is what runs. Empty ones (a trailing "---") say nothing.
+	for {
+		var next yaml.Node
+		err := dec.Decode(&next)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, errors.New(typeNameInError.ReplaceAllString(err.Error(), ""))
+		}
+		if len(next.Content) > 0 && next.Content[0].Tag != "!!null" {
+			return nil, fmt.Errorf("line %d: a second YAML document; the configuration is a single document", next.Line)
+		}
+	}
 	if err := cfg.validate(); err != nil {
 		return nil, withLine(data, err)
 	}

@@ -154,7 +154,14 @@ var (
 func (m *Module) UnmarshalYAML(unmarshal func(any) error) error {
 	*m = DefaultModule
 	type plain Module
-	return unmarshal((*plain)(m))
+	if err := unmarshal((*plain)(m)); err != nil {
+		return err
+	}
+	// Without an smtp block, SMTPProbe.UnmarshalYAML never ran.
+	if m.SMTP.EHLO == "" {
+		m.SMTP.EHLO = defaultEHLOName()
+	}
+	return nil
 }
 
 // UnmarshalYAML applies the defaults, including the machine's hostname as the

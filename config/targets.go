@@ -34,6 +34,22 @@ func parseTargetRule(entry string) (targetRule, error) {
 	if p, err := netip.ParsePrefix(e); err == nil {
 		return targetRule{prefix: p.Masked()}, nil
 	}
+	if strings.ContainsAny(e, "/@?#") || strings.ContainsFunc(e, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		// A URL, a path or a prefix that does not parse.
+		return targetRule{}, fmt.Errorf("%q is not a host name, host:port, IP address or CIDR prefix", entry)
+	}
+	if strings.Contains(e, "%") {
+		// A zone is dropped from a prefix, and a zoned target matches no
+		// prefix: the entry would not admit what it names.
+		return targetRule{}, fmt.Errorf("%q: IPv6 zones are not supported", entry)
+	}
+	if inner, ok := strings.CutPrefix(e, "["); ok && strings.HasSuffix(inner, "]") {
+		// "[2001:db8::1]", as a target may be written.
+		e = strings.TrimSuffix(inner, "]")
+		if a, err := netip.ParseAddr(e); err != nil || !a.Is6() {
+			return targetRule{}, fmt.Errorf("%q is not a bracketed IPv6 address", entry)
+		}
+	}
 	if a, err := netip.ParseAddr(e); err == nil {
 		return targetRule{prefix: netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())}, nil
 	}

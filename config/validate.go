@@ -22,7 +22,14 @@ type fieldError struct {
 }
 
 func (e *fieldError) Error() string {
-	return strings.Join(e.path, ".") + ": " + e.msg
+	path := slices.Clone(e.path)
+	for i, p := range path {
+		// A key with a line break must not break the error's line.
+		if hasControl(p) {
+			path[i] = strconv.Quote(p)
+		}
+	}
+	return strings.Join(path, ".") + ": " + e.msg
 }
 
 func fieldErr(path []string, format string, args ...any) error {
@@ -99,8 +106,12 @@ func (c *Config) validate() error {
 }
 
 func (m *Module) validate(path []string) error {
-	if name := path[len(path)-1]; name == "" || hasCRLF(name) {
+	if name := path[len(path)-1]; name == "" || hasControl(name) {
 		return fieldErr(path, "invalid module name %q", name)
+	}
+	if m.SMTP.TLS == "" {
+		// "name:" with nothing after it: no defaults were applied.
+		return fieldErr(path, "the module is empty; write {} to take every default")
 	}
 	if m.Timeout <= 0 {
 		return fieldErr(append(path, "timeout"), "must be greater than 0")
@@ -132,6 +143,9 @@ func (s *SMTPProbe) validate(path []string) error {
 	}
 	if err := s.TLSConfig.Validate(); err != nil {
 		return fieldErr(append(path, "tls_config"), "%v", err)
+	}
+	if err := validateServerName(s.TLSConfig.ServerName); err != nil {
+		return fieldErr(append(path, "tls_config", "server_name"), "%v", err)
 	}
 	if s.TLSConfig.MaxVersion != 0 && s.TLSConfig.MinVersion > s.TLSConfig.MaxVersion {
 		return fieldErr(append(path, "tls_config", "min_version"), "must not be greater than max_version")
@@ -269,7 +283,23 @@ func (o *OAuth2) validate(path []string) error {
 	if err := o.TLSConfig.Validate(); err != nil {
 		return fieldErr(append(path, "tls_config"), "%v", err)
 	}
+	if err := validateServerName(o.TLSConfig.ServerName); err != nil {
+		return fieldErr(append(path, "tls_config", "server_name"), "%v", err)
+	}
 	return nil
+}
+
+// validateServerName accepts an empty server_name (the target's), a host
+// name or an IP address: it is sent in the TLS ClientHello, so anything
+// else, a line break above all, is refused.
+func validateServerName(name string) error {
+	if name == "" || isValidHostName(name) {
+		return nil
+	}
+	if _, err := netip.ParseAddr(name); err == nil && !strings.Contains(name, "%") {
+		return nil
+	}
+	return fmt.Errorf("%q is not a host name or IP address", name)
 }
 
 // validateTokenURL accepts an https URL, or http for a loopback host only:
