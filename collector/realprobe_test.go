@@ -1,7 +1,6 @@
 package collector
 
 import (
-	"encoding/base64"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -15,8 +14,8 @@ import (
 
 // TestRealProbe runs the handler with the real prober against an in-process
 // STARTTLS server with AUTH, and checks what reaches the response, the debug
-// output and the main log: the metrics of a real session, and no trace of
-// the password in any form the client put on the wire.
+// output and the main log: the metrics of a real session. That no form of
+// the password reaches any output is TestSecretsNeverShown's job.
 func TestRealProbe(t *testing.T) {
 	const (
 		username = "probe@example.net"
@@ -49,21 +48,6 @@ func TestRealProbe(t *testing.T) {
 	env := newTestEnv(t, HandlerOpts{Config: cfg}) // Probe nil: the real prober
 	target := url.QueryEscape(srv.Addr())
 
-	// Everything a client could leak the password as.
-	secretForms := []string{
-		password,
-		base64.StdEncoding.EncodeToString([]byte(password)),
-		base64.StdEncoding.EncodeToString([]byte("\x00" + username + "\x00" + password)),
-	}
-	assertNoSecret := func(t *testing.T, name, out string) {
-		t.Helper()
-		for _, s := range secretForms {
-			if strings.Contains(out, s) {
-				t.Errorf("%s contains the password (as %q)", name, s)
-			}
-		}
-	}
-
 	for _, mech := range []string{"PLAIN", "LOGIN", "CRAM-MD5"} {
 		moduleName := strings.ToLower(strings.ReplaceAll(mech, "-", ""))
 		t.Run(mech+" accepted", func(t *testing.T) {
@@ -92,7 +76,6 @@ func TestRealProbe(t *testing.T) {
 					t.Errorf("response lacks %q:\n%s", want, body)
 				}
 			}
-			assertNoSecret(t, "response", body)
 		})
 
 		t.Run(mech+" rejected", func(t *testing.T) {
@@ -116,19 +99,10 @@ func TestRealProbe(t *testing.T) {
 					t.Errorf("debug output lacks %q:\n%s", want, out)
 				}
 			}
-			assertNoSecret(t, "debug output", out)
 		})
 	}
-	assertNoSecret(t, "main log", env.mainLog.String())
 	if !strings.Contains(env.mainLog.String(), "reason=auth_rejected") {
 		t.Errorf("main log lacks the failures:\n%s", env.mainLog)
-	}
-	for _, e := range env.history.List() {
-		var b strings.Builder
-		if err := e.WriteDebug(&b); err != nil {
-			t.Fatal(err)
-		}
-		assertNoSecret(t, "history entry "+e.ProbeID, b.String())
 	}
 }
 
