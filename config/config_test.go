@@ -76,6 +76,18 @@ func TestLoadRejectsInvalidFiles(t *testing.T) {
 	}
 }
 
+func TestExampleModulesAreValid(t *testing.T) {
+	cfg, err := LoadFile("../examples/more_modules.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"submission_oauth", "disabled_account"} {
+		if _, ok := cfg.Modules[name]; !ok {
+			t.Errorf("examples/more_modules.yml lacks module %s, which the README names", name)
+		}
+	}
+}
+
 func TestShippedConfigIsValid(t *testing.T) {
 	cfg, err := LoadFile("../smtp_exporter.yml")
 	if err != nil {

@@ -166,7 +166,12 @@ func emittedMetrics(t *testing.T) map[string][]string {
 	for _, module := range cfg.Modules {
 		for _, success := range []bool{true, false} {
 			reg := prometheus.NewRegistry()
+			// A failed result is also reported as reused, as a login held
+			// by auth_failure_backoff is, so that its age metric shows up.
 			c := collector.New(populatedResult(t, module, success), 10*time.Second)
+			if !success {
+				c = collector.NewWithAge(populatedResult(t, module, success), 10*time.Second, time.Minute)
+			}
 			reg.MustRegister(c)
 			gather(t, reg, metrics)
 
