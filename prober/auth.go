@@ -121,7 +121,9 @@ func (p *probe) newMechanism(name string) saslMechanism {
 	case config.MechanismCRAMMD5:
 		return &cramMD5Auth{username: user, password: p.password}
 	case config.MechanismSCRAMSHA1, config.MechanismSCRAMSHA256:
-		return newSCRAM(name, user, p.password, p.tr.addSecret)
+		a := newSCRAM(name, user, p.password, p.tr.addSecret)
+		a.ctx = p.ctx
+		return a
 	case config.MechanismXOAUTH2, config.MechanismOAUTHBEARER:
 		return &oauthAuth{name: name, username: user, token: p.token, host: p.r.Host, port: p.r.Port}
 	}

@@ -18,6 +18,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -252,6 +253,26 @@ func echoCredentials(c *smtptest.Conn, line string) bool {
 	return c.Write("535 5.7.8 Authentication failed for "+strings.Join(echo, " ")+"\r\n") == nil
 }
 
+// scramIterations answers a SCRAM client-first, after a wait, with a valid
+// server-first asking for the given PBKDF2 iteration count, then waits for
+// the client to go.
+func scramIterations(wait time.Duration, iterations int) act {
+	return func(c *smtptest.Conn, line string) bool {
+		f := strings.Fields(line)
+		first, err := base64.StdEncoding.DecodeString(f[len(f)-1])
+		_, nonce, found := strings.Cut(string(first), ",r=")
+		if err != nil || !found {
+			return c.Write("501 5.5.2 bad client-first\r\n") == nil
+		}
+		time.Sleep(wait)
+		serverFirst := "r=" + nonce + "hostile,s=" + base64.StdEncoding.EncodeToString([]byte("salt")) + ",i=" + strconv.Itoa(iterations)
+		if c.Write("334 "+base64.StdEncoding.EncodeToString([]byte(serverFirst))+"\r\n") != nil {
+			return false
+		}
+		return silence(c, line)
+	}
+}
+
 // cramChallenge is the CRAM-MD5 challenge of the hostile servers.
 const cramChallenge = "<1896.697170952@mx.hostile.invalid>"
 
@@ -397,6 +418,7 @@ func TestHostileServers(t *testing.T) {
 	auth := moduleSpec{TLS: "none", Mechanism: "PLAIN", AllowPlaintext: true}
 	login := moduleSpec{TLS: "none", Mechanism: "LOGIN", AllowPlaintext: true}
 	cram := moduleSpec{TLS: "none", Mechanism: "CRAM-MD5", AllowPlaintext: true}
+	scram := moduleSpec{TLS: "none", Mechanism: "SCRAM-SHA-256", AllowPlaintext: true}
 	canary := moduleSpec{TLS: "none", Mechanism: "PLAIN", AllowPlaintext: true,
 		Mail: "from: probe@example.net\nto: [sink@example.net]\n"}
 	canaryRset := canary
@@ -591,6 +613,13 @@ func TestHostileServers(t *testing.T) {
 			phase: PhaseMail, reason: ReasonUnexpectedReply, code: 334, check: credentialsSentOnce},
 		{name: "530 to MAIL after 235", module: canary, server: hostile{replies: replies("MAIL", say("530 5.7.0 Authentication required\r\n"))},
 			phase: PhaseMail, reason: ReasonSenderRejected, code: 530, check: credentialsSentOnce},
+
+		// PBKDF2 cannot be interrupted; a server asking for the most
+		// iterations allowed just before the deadline must not hold the
+		// probe past it.
+		{name: "SCRAM iterations at the deadline", module: short(scram, "800ms"),
+			server: hostile{replies: replies("EHLO", say("250-mx\r\n250 AUTH SCRAM-SHA-256\r\n"), "AUTH", scramIterations(750*time.Millisecond, 1_000_000))},
+			phase:  PhaseAuth, reason: ReasonTimeout, code: 334},
 
 		// Tarpits: every reply comes just inside any per-command timeout,
 		// but the probe's deadline is one for the whole session.

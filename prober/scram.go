@@ -1,8 +1,9 @@
 package prober
 
 import (
+	"bytes"
+	"context"
 	"crypto/hmac"
-	"crypto/pbkdf2"
 	"crypto/rand"
 	"crypto/sha1"
 	"crypto/sha256"
@@ -18,8 +19,9 @@ import (
 )
 
 // SCRAM bounds. The iteration count comes from the server and sets how
-// long the client hashes: a server asking for billions would hold the probe
-// (and a CPU) far past its timeout, since PBKDF2 cannot be interrupted.
+// long the client hashes: saltPassword stops at the probe's deadline, and
+// the cap keeps a server asking for billions from taking a CPU for the
+// whole of it.
 const (
 	scramMaxIterations = 1_000_000
 	scramNonceBytes    = 24
@@ -49,6 +51,9 @@ type scramAuth struct {
 	// secrets receives every derived value that must never be shown (the
 	// proof and the client-final message), before it is sent.
 	secrets func(string)
+	// ctx is the probe's: the key derivation stops when it ends. nil
+	// means no deadline.
+	ctx context.Context
 }
 
 func newSCRAM(name, username, password string, secrets func(string)) *scramAuth {
@@ -125,8 +130,7 @@ func (a *scramAuth) clientFinal(serverFirst []byte) ([]byte, error) {
 		return nil, protocolErrorf("SCRAM iteration count %d exceeds the limit of %d", iterations, scramMaxIterations)
 	}
 
-	h := a.newHash().Size()
-	salted, err := pbkdf2.Key(a.newHash, a.password, salt, iterations, h)
+	salted, err := saltPassword(a.ctx, a.newHash, a.password, salt, iterations)
 	if err != nil {
 		return nil, fmt.Errorf("deriving the SCRAM key: %w", err)
 	}
@@ -145,6 +149,35 @@ func (a *scramAuth) clientFinal(serverFirst []byte) ([]byte, error) {
 	a.secrets(encodedProof)
 	a.secrets(final)
 	return []byte(final), nil
+}
+
+// saltPassword is SCRAM's Hi(): PBKDF2 (RFC 8018) with HMAC over newHash,
+// for the one block of a hash's length that SCRAM uses, as crypto/pbkdf2
+// computes it. Unlike crypto/pbkdf2 it gives up when ctx ends: the server
+// chooses the iteration count, and scramMaxIterations take a good part of a
+// second, which must not carry a probe past its deadline.
+func saltPassword(ctx context.Context, newHash func() hash.Hash, password string, salt []byte, iterations int) ([]byte, error) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	prf := hmac.New(newHash, []byte(password))
+	prf.Write(salt)
+	prf.Write([]byte{0, 0, 0, 1})
+	u := prf.Sum(nil)
+	key := bytes.Clone(u)
+	for i := 1; i < iterations; i++ {
+		// A few milliseconds of hashing between checks.
+		if i%4096 == 0 {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+		}
+		prf.Reset()
+		prf.Write(u)
+		u = prf.Sum(u[:0])
+		subtle.XORBytes(key, key, u)
+	}
+	return key, nil
 }
 
 // checkServerFinal verifies the server's signature; the empty answer lets
