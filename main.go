@@ -129,6 +129,9 @@ func run(args []string, signals chan os.Signal) int {
 	server := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
+		// Idle keep-alive connections are closed after a while so that
+		// clients which never hang up cannot use up file descriptors.
+		IdleTimeout: 5 * time.Minute,
 	}
 	serveErr := make(chan error, 1)
 	go func() {
