@@ -25,7 +25,7 @@ func (e *fieldError) Error() string {
 	path := slices.Clone(e.path)
 	for i, p := range path {
 		// A key with a line break must not break the error's line.
-		if hasControl(p) {
+		if ContainsControl(p) {
 			path[i] = strconv.Quote(p)
 		}
 	}
@@ -106,7 +106,7 @@ func (c *Config) validate() error {
 }
 
 func (m *Module) validate(path []string) error {
-	if name := path[len(path)-1]; name == "" || hasControl(name) {
+	if name := path[len(path)-1]; name == "" || ContainsControl(name) {
 		return fieldErr(path, "invalid module name %q", name)
 	}
 	if m.SMTP.TLS == "" {
@@ -230,7 +230,7 @@ func (a *Auth) validate(path []string) error {
 	if a.Username == "" {
 		return fieldErr(append(path, "username"), "must be set")
 	}
-	if hasControl(a.Username) {
+	if ContainsControl(a.Username) {
 		return fieldErr(append(path, "username"), "must not contain CR, LF or other control characters")
 	}
 	password := a.Password != "" || a.PasswordFile != ""
@@ -263,7 +263,7 @@ func (o *OAuth2) validate(path []string) error {
 	if o.ClientID == "" {
 		return fieldErr(append(path, "client_id"), "must be set")
 	}
-	if hasControl(o.ClientID) {
+	if ContainsControl(o.ClientID) {
 		return fieldErr(append(path, "client_id"), "must not contain control characters")
 	}
 	if o.ClientSecret != "" && o.ClientSecretFile != "" {
@@ -309,7 +309,7 @@ func validateTokenURL(raw string) error {
 		return errors.New("must be set")
 	}
 	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" || u.User != nil || hasControl(raw) {
+	if err != nil || u.Host == "" || u.User != nil || ContainsControl(raw) {
 		return fmt.Errorf("%q is not an absolute URL without user information", raw)
 	}
 	switch u.Scheme {
@@ -357,12 +357,12 @@ func (m *Message) validate(path []string) error {
 	for _, f := range []struct{ key, value string }{
 		{"from_name", m.FromName}, {"subject", m.Subject},
 	} {
-		if hasControl(f.value) {
+		if ContainsControl(f.value) {
 			return fieldErr(append(path, f.key), "must not contain CR, LF or other control characters")
 		}
 	}
 	if m.ReplyTo != "" {
-		if hasControl(m.ReplyTo) {
+		if ContainsControl(m.ReplyTo) {
 			return fieldErr(append(path, "reply_to"), "must not contain CR, LF or other control characters")
 		}
 		if _, err := mail.ParseAddress(m.ReplyTo); err != nil {
@@ -373,13 +373,13 @@ func (m *Message) validate(path []string) error {
 		return fieldErr(append(path, "priority"), "must be between 1 (highest) and 5 (lowest), got %d", m.Priority)
 	}
 	for name, value := range m.Headers {
-		if !isHeaderName(name) {
+		if !IsHeaderName(name) {
 			return fieldErr(append(path, "headers", name), "%q is not a valid header name", name)
 		}
 		if slices.Contains(GeneratedHeaders, strings.ToLower(name)) {
 			return fieldErr(append(path, "headers", name), "header %s is set by the exporter and cannot be overridden", name)
 		}
-		if hasControl(value) {
+		if ContainsControl(value) {
 			return fieldErr(append(path, "headers", name), "value must not contain CR, LF or other control characters")
 		}
 	}
@@ -392,11 +392,11 @@ func (m *Message) validate(path []string) error {
 			return fieldErr(append(p, "path"), "must be set")
 		}
 		if a.ContentType != "" {
-			if _, _, err := mime.ParseMediaType(a.ContentType); err != nil || hasControl(a.ContentType) {
+			if _, _, err := mime.ParseMediaType(a.ContentType); err != nil || ContainsControl(a.ContentType) {
 				return fieldErr(append(p, "content_type"), "%q is not a media type", a.ContentType)
 			}
 		}
-		if hasControl(a.Filename) || strings.ContainsAny(a.Filename, `"\/`) {
+		if ContainsControl(a.Filename) || strings.ContainsAny(a.Filename, `"\/`) {
 			return fieldErr(append(p, "filename"), "must not contain control characters, quotes, slashes or backslashes")
 		}
 	}
@@ -406,7 +406,7 @@ func (m *Message) validate(path []string) error {
 // validateEnvelopeAddress accepts a bare RFC 5322 addr-spec in ASCII, which
 // is what MAIL FROM and RCPT TO carry without SMTPUTF8.
 func validateEnvelopeAddress(path []string, addr string) error {
-	if hasControl(addr) {
+	if ContainsControl(addr) {
 		return fieldErr(path, "must not contain CR, LF or other control characters")
 	}
 	for _, r := range addr {
@@ -426,7 +426,9 @@ func validateEnvelopeAddress(path []string, addr string) error {
 
 func hasCRLF(s string) bool { return strings.ContainsAny(s, "\r\n") }
 
-func hasControl(s string) bool {
+// ContainsControl reports a C0 control character (CR and LF above all,
+// which would inject a command or a header line) or DEL.
+func ContainsControl(s string) bool {
 	for _, r := range s {
 		if r < 0x20 || r == 0x7f {
 			return true
@@ -435,8 +437,8 @@ func hasControl(s string) bool {
 	return false
 }
 
-// isHeaderName follows RFC 5322 field-name: printable ASCII except colon.
-func isHeaderName(s string) bool {
+// IsHeaderName follows RFC 5322 field-name: printable ASCII except colon.
+func IsHeaderName(s string) bool {
 	if s == "" {
 		return false
 	}

@@ -114,7 +114,7 @@ func attachmentEntity(a config.Attachment) (entity, error) {
 	if name == "" {
 		name = filepath.Base(a.Path)
 	}
-	if hasControl(name) {
+	if config.ContainsControl(name) {
 		return entity{}, fmt.Errorf("attachment %s: filename must not contain control characters", a.Path)
 	}
 	contentType, err := attachmentContentType(a.ContentType, name)

@@ -85,7 +85,7 @@ func Build(m *config.Mail, opts Options) (*Message, error) {
 	var h headerWriter
 	h.add("Date", now.Format(time.RFC1123Z))
 	h.add("Message-ID", messageID)
-	if hasControl(msg.FromName) {
+	if config.ContainsControl(msg.FromName) {
 		return nil, errors.New("from_name: must not contain control characters")
 	}
 	h.add("From", formatAddress(&mail.Address{Name: msg.FromName, Address: from.Address}))
@@ -120,7 +120,7 @@ func Build(m *config.Mail, opts Options) (*Message, error) {
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		if !isHeaderName(name) {
+		if !config.IsHeaderName(name) {
 			return nil, fmt.Errorf("headers: %q is not a valid header name", name)
 		}
 		// Checked again here, not only at load time, so that a Mail that
@@ -167,7 +167,7 @@ func Build(m *config.Mail, opts Options) (*Message, error) {
 // parseAddress accepts one RFC 5322 address, with or without a display name,
 // whose addr-spec is ASCII: without SMTPUTF8 nothing else can be sent.
 func parseAddress(field, s string) (*mail.Address, error) {
-	if hasControl(s) {
+	if config.ContainsControl(s) {
 		return nil, fmt.Errorf("%s: must not contain control characters", field)
 	}
 	a, err := mail.ParseAddress(s)
@@ -264,7 +264,7 @@ func (h *headerWriter) addAddressList(name, key string, addrs []string) error {
 // addText writes an unstructured field: a value that is not plain ASCII is
 // RFC 2047 Q-encoded, in encoded-words that can be folded between them.
 func (h *headerWriter) addText(name, value string) error {
-	if hasControl(value) {
+	if config.ContainsControl(value) {
 		return fmt.Errorf("header %s: value must not contain control characters", name)
 	}
 	if !isASCII(value) {
@@ -366,30 +366,6 @@ func checkWireFormat(b []byte) error {
 func isASCII(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
-}
-
-// hasControl matches the configuration's rule: no C0 controls (CR and LF
-// above all, which would inject header lines) and no DEL.
-func hasControl(s string) bool {
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
-			return true
-		}
-	}
-	return false
-}
-
-// isHeaderName follows RFC 5322 field-name: printable ASCII except colon.
-func isHeaderName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, c := range []byte(s) {
-		if c < 33 || c > 126 || c == ':' {
 			return false
 		}
 	}

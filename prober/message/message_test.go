@@ -637,7 +637,7 @@ func FuzzBuild(f *testing.F) {
 			// Only control characters and words too long for any line
 			// are refused.
 			for _, s := range []string{subject, fromName, headerValue} {
-				if hasControl(s) || hasLongASCIIWord(s) {
+				if config.ContainsControl(s) || hasLongASCIIWord(s) {
 					return
 				}
 			}
