@@ -316,10 +316,9 @@ func (h *Handler) respond(res guardResult, target, moduleName string, module con
 	}
 	reused := *entry
 	reused.Log = note + "\nThe probe's own log is on /logs?id=" + strconv.FormatUint(entry.ID, 10) + " while the history keeps it.\n"
-	registry := h.registryFor(entry.Result, entry.Timeout, module, res.age)
-	reused.Metrics = h.exposition(registry, log)
+	reused.Metrics = h.exposition(h.collectorFor(entry.Result, entry.Timeout, module, res.age), log)
 	reused.ModuleConfig = text.yaml
-	return &reused, func() *prometheus.Registry { return registry }
+	return &reused, func() *prometheus.Registry { return h.registryFor(entry.Result, entry.Timeout, module, res.age) }
 }
 
 // abandoned is the result for a request whose deadline passed while it
@@ -334,30 +333,35 @@ func (h *Handler) abandoned(target, moduleName string, module config.Module, tex
 	for _, ph := range prober.PlannedPhases(module) {
 		result.Phases = append(result.Phases, prober.PhaseResult{Phase: ph})
 	}
-	registry := h.registryFor(result, timeout, module, 0)
 	entry := &Entry{
 		Time: time.Now().Add(-timeout), Module: moduleName, Target: target, Timeout: timeout,
 		Duration: timeout, FailurePhase: prober.PhaseSetup, FailureReason: prober.ReasonTimeout, Result: result,
 		Log:          "Timed out waiting for a concurrent probe of the same module and target.\n",
 		ModuleConfig: text.yaml,
 	}
-	entry.Metrics = h.exposition(registry, h.logger)
-	return entry, func() *prometheus.Registry { return registry }
+	entry.Metrics = h.exposition(h.collectorFor(result, timeout, module, 0), h.logger)
+	return entry, func() *prometheus.Registry { return h.registryFor(result, timeout, module, 0) }
+}
+
+// collectorFor returns the collector of the metrics of result.
+func (h *Handler) collectorFor(result *prober.Result, timeout time.Duration, module config.Module, age time.Duration) prometheus.Collector {
+	if reusable(module) {
+		return NewWithAge(result, timeout, age)
+	}
+	return New(result, timeout)
 }
 
 // registryFor returns a registry with the metrics of result.
 func (h *Handler) registryFor(result *prober.Result, timeout time.Duration, module config.Module, age time.Duration) *prometheus.Registry {
 	registry := prometheus.NewRegistry()
-	if reusable(module) {
-		registry.MustRegister(NewWithAge(result, timeout, age))
-	} else {
-		registry.MustRegister(New(result, timeout))
-	}
+	registry.MustRegister(h.collectorFor(result, timeout, module, age))
 	return registry
 }
 
-func (h *Handler) exposition(registry *prometheus.Registry, log *slog.Logger) string {
-	metrics, err := exposition(registry)
+// exposition renders the metrics of c in the text format, for the history
+// and for a scraper that takes text.
+func (h *Handler) exposition(c prometheus.Collector, log *slog.Logger) string {
+	metrics, err := renderText(c)
 	if err != nil {
 		log.Error("Gathering the probe's metrics failed", "err", err)
 	}
@@ -403,7 +407,7 @@ func (h *Handler) run(ctx context.Context, target, moduleName string, module con
 	}
 	h.logOutcome(plog, result)
 
-	entry.Metrics = h.exposition(h.registryFor(result, timeout, module, 0), plog.probe)
+	entry.Metrics = h.exposition(h.collectorFor(result, timeout, module, 0), plog.probe)
 	entry.Log = plog.buffer.String()
 	entry.ModuleConfig = text.yaml
 	return entry

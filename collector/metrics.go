@@ -25,11 +25,11 @@ import (
 const namespace = "probe"
 
 func probeDesc(name, help string, labels ...string) *prometheus.Desc {
-	return prometheus.NewDesc(prometheus.BuildFQName(namespace, "", name), help, labels, nil)
+	return newDesc(prometheus.BuildFQName(namespace, "", name), help, labels)
 }
 
 func smtpDesc(name, help string, labels ...string) *prometheus.Desc {
-	return prometheus.NewDesc(prometheus.BuildFQName(namespace, "smtp", name), help, labels, nil)
+	return newDesc(prometheus.BuildFQName(namespace, "smtp", name), help, labels)
 }
 
 // The metrics of one probe. Names and meanings of the blackbox-compatible
