@@ -56,10 +56,13 @@ func (c *smtpConn) ackNow() {
 	}
 }
 
-// upgrade switches to the TLS connection wrapping the current one.
+// upgrade switches to the TLS connection wrapping the current one. The
+// reader keeps its buffer: nothing may be buffered from before the
+// handshake (startTLS refuses that), and what Reset would drop must not be
+// read.
 func (c *smtpConn) upgrade(nc net.Conn) {
 	c.nc = nc
-	c.r = bufio.NewReaderSize(nc, maxReplyLineLen)
+	c.r.Reset(nc)
 }
 
 // cmd sends one command and reads its reply. expect follows net/textproto:

@@ -20,8 +20,6 @@ import (
 	"syscall"
 	"time"
 
-	promconfig "github.com/prometheus/common/config"
-
 	"github.com/smtp-exporter/smtp_exporter/config"
 	"github.com/smtp-exporter/smtp_exporter/prober/message"
 )
@@ -299,7 +297,7 @@ func (p *probe) setup() bool {
 	}
 
 	if p.smtp.TLS == config.TLSStartTLS || p.smtp.TLS == config.TLSImplicit {
-		cfg, err := promconfig.NewTLSConfig(&p.smtp.TLSConfig)
+		cfg, err := tlsConfigs.get(&p.smtp.TLSConfig)
 		if err != nil {
 			return p.fail(PhaseSetup, ReasonCertificate, fmt.Errorf("tls_config: %w", err))
 		}
