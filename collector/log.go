@@ -23,8 +23,12 @@ type boundedBuffer struct {
 	omitted int
 }
 
+// probeLogSize is what the log of an ordinary probe takes: starting the
+// buffer there spares the copies of growing it line by line.
+const probeLogSize = 8 << 10
+
 func newBoundedBuffer(limit int) *boundedBuffer {
-	return &boundedBuffer{limit: limit}
+	return &boundedBuffer{limit: limit, head: make([]byte, 0, min(limit/2, probeLogSize))}
 }
 
 // Write never fails, so that a long probe log cannot make logging fail.

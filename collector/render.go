@@ -28,6 +28,10 @@ func newDesc(fqName, help string, labels []string) *prometheus.Desc {
 	return d
 }
 
+// expositionSize is a little more than a probe's exposition takes, the
+// HELP and TYPE lines being most of it: one allocation instead of a few.
+const expositionSize = 8 << 10
+
 // renderText writes what c collects in the text exposition format, exactly
 // as a registry holding c alone would have it gathered and encoded: metric
 // families sorted by name, metrics by label values. It skips the registry,
@@ -70,7 +74,7 @@ func renderText(c prometheus.Collector) (string, error) {
 	}
 	slices.SortFunc(families, func(a, b *dto.MetricFamily) int { return cmp.Compare(a.GetName(), b.GetName()) })
 	var b strings.Builder
-	b.Grow(4096)
+	b.Grow(expositionSize)
 	for _, mf := range families {
 		slices.SortFunc(mf.Metric, compareLabels)
 		mf.Metric = slices.CompactFunc(mf.Metric, func(x, y *dto.Metric) bool {
