@@ -23,12 +23,13 @@ type boundedBuffer struct {
 	omitted int
 }
 
-// probeLogSize is what the log of an ordinary probe takes: starting the
-// buffer there spares the copies of growing it line by line.
-const probeLogSize = 8 << 10
+// probeLogStart is the buffer a probe's log starts with: enough for a
+// probe that waits on a silent server (a thousand of them must stay
+// cheap), and a few doublings short of an ordinary probe's 5 KB.
+const probeLogStart = 1 << 10
 
 func newBoundedBuffer(limit int) *boundedBuffer {
-	return &boundedBuffer{limit: limit, head: make([]byte, 0, min(limit/2, probeLogSize))}
+	return &boundedBuffer{limit: limit, head: make([]byte, 0, min(limit/2, probeLogStart))}
 }
 
 // Write never fails, so that a long probe log cannot make logging fail.

@@ -18,6 +18,12 @@ const (
 	maxReplyLines   = 100
 )
 
+// replyBufferSize is the read buffer of a session: real replies fit, and a
+// thousand probes waiting on silent servers hold a quarter of what a buffer
+// of maxReplyLineLen would take. A longer line is gathered past it, up to
+// maxReplyLineLen.
+const replyBufferSize = 1024
+
 // errArgument is a command argument carrying CR or LF, which would smuggle
 // a second command onto the wire.
 var errArgument = errors.New("command argument contains CR or LF")
@@ -34,7 +40,7 @@ type smtpConn struct {
 }
 
 func newSMTPConn(nc net.Conn, tr *transcript) *smtpConn {
-	c := &smtpConn{nc: nc, r: bufio.NewReaderSize(nc, maxReplyLineLen), tr: tr}
+	c := &smtpConn{nc: nc, r: bufio.NewReaderSize(nc, replyBufferSize), tr: tr}
 	if sc, ok := nc.(syscall.Conn); ok {
 		c.sock, _ = sc.SyscallConn()
 	}
@@ -113,7 +119,9 @@ func (c *smtpConn) writeLine(line string) error {
 func (c *smtpConn) readLine() (string, error) {
 	b, err := c.r.ReadSlice('\n')
 	if errors.Is(err, bufio.ErrBufferFull) {
-		return "", protocolErrorf("reply line longer than %d bytes", maxReplyLineLen)
+		if b, err = c.readLongLine(b); b == nil && err != nil {
+			return "", err
+		}
 	}
 	if err != nil {
 		if errors.Is(err, io.EOF) && len(b) > 0 {
@@ -123,6 +131,27 @@ func (c *smtpConn) readLine() (string, error) {
 	}
 	line := strings.TrimSuffix(string(b[:len(b)-1]), "\r")
 	return line, nil
+}
+
+// readLongLine gathers a line that did not fit the buffer, first holding
+// what was read of it; a line of more than maxReplyLineLen bytes, line
+// ending included, is a protocol error (nil slice). Other errors come with
+// what was read, for readLine to tell a cut line from a clean end.
+func (c *smtpConn) readLongLine(first []byte) ([]byte, error) {
+	long := append([]byte(nil), first...)
+	for {
+		if len(long) >= maxReplyLineLen {
+			return nil, protocolErrorf("reply line longer than %d bytes", maxReplyLineLen)
+		}
+		b, err := c.r.ReadSlice('\n')
+		long = append(long, b...)
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			if len(long) > maxReplyLineLen {
+				return nil, protocolErrorf("reply line longer than %d bytes", maxReplyLineLen)
+			}
+			return long, err
+		}
+	}
 }
 
 // readReply reads a whole reply, single or multi-line, and only returns
