@@ -1,0 +1,166 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// Arms of the throughput table.
+const (
+	armFloor        = "floor"
+	armFloorAuth    = "floor + AUTH"
+	armExporter     = "smtp_exporter"
+	armExporterAuth = "smtp_exporter + AUTH"
+	armBlackbox     = "blackbox_exporter"
+)
+
+// throughput runs every arm at every concurrency against every server, for
+// -duration each, arms interleaved so that a drift of the machine's speed
+// spreads over all of them.
+func (h *harness) throughput(exporter, blackbox *process) error {
+	for _, s := range h.servers {
+		for _, c := range h.o.concurrency {
+			for _, arm := range []string{armFloor, armExporter, armBlackbox, armFloorAuth, armExporterAuth} {
+				if h.ctx.Err() != nil {
+					return h.ctx.Err()
+				}
+				var r cell
+				switch arm {
+				case armFloor, armFloorAuth:
+					profile := ""
+					if h.o.pprofDir != "" {
+						profile = filepath.Join(h.o.pprofDir, profileName(s.name, arm, c))
+					}
+					r = h.floorCell(s, c, arm == armFloorAuth, true, s.starttls, false, h.o.duration, 1000000, profile)
+				case armExporter, armExporterAuth:
+					kind := "starttls"
+					if arm == armExporterAuth {
+						kind = "starttls_auth"
+					}
+					var profiled chan error
+					if h.pprofAddr != "" {
+						profiled = profileDuring(h.pprofAddr, h.o.duration, filepath.Join(h.o.pprofDir, profileName(s.name, arm, c)))
+					}
+					r = h.exporterCell(exporter, s.name, kind, s.starttls, c, h.o.duration, 1000000)
+					if profiled != nil {
+						if err := <-profiled; err != nil {
+							h.logf("CPU profile: %v", err)
+						}
+					}
+				case armBlackbox:
+					if blackbox == nil {
+						continue
+					}
+					r = h.exporterCell(blackbox, s.name, "starttls", s.starttls, c, h.o.duration, 1000000)
+				}
+				r.server, r.arm, r.concurrency = s.name, arm, c
+				h.logf("%-8s %-22s c=%-3d %7.1f probes/s  p50 %-9s p99 %-9s cpu/1000 %.3fs  busy %3.0f%%  failures %d",
+					s.name, arm, c, r.rate(), fmtDur(r.p50()), fmtDur(r.p99()), r.cpuPer1000(), 100*r.busy, r.failures)
+				if r.probes == 0 || r.failures > 0 {
+					h.fail("%s %s c=%d: %d of %d probes failed: %s", s.name, arm, c, r.failures, r.probes, r.firstErr)
+				}
+				h.report.cells = append(h.report.cells, r)
+			}
+		}
+	}
+	return nil
+}
+
+// cell is one throughput run.
+type cell struct {
+	server, arm string
+	concurrency int
+	probes      int
+	failures    int
+	firstErr    string
+	elapsed     time.Duration
+	latencies   []time.Duration
+	cpu         float64 // seconds, user + system, of the prober process
+	peakRSSK    int64
+	busy        float64 // fraction of all CPUs busy during the run
+}
+
+func (c cell) rate() float64 {
+	if c.elapsed <= 0 {
+		return 0
+	}
+	return float64(c.probes) / c.elapsed.Seconds()
+}
+
+func (c cell) cpuPer1000() float64 {
+	if c.probes == 0 {
+		return 0
+	}
+	return c.cpu / float64(c.probes) * 1000
+}
+
+func (c cell) p50() time.Duration { return percentile(c.latencies, 0.50) }
+func (c cell) p99() time.Duration { return percentile(c.latencies, 0.99) }
+
+// floorCell runs the floor client in a child process of its own.
+func (h *harness) floorCell(s server, concurrency int, auth, quickACK bool, addr string, implicit bool, d time.Duration, maxProbes int, cpuProfile string) cell {
+	spec := floorSpec{
+		Addr: addr, CAFile: s.caFile, Implicit: implicit, Auth: auth, User: s.user, QuickACK: quickACK,
+		Concurrency: concurrency, Duration: d, MaxProbes: maxProbes, CPUProfile: cpuProfile,
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return cell{firstErr: err.Error()}
+	}
+	cmd := exec.CommandContext(h.ctx, self, spec.args()...)
+	cmd.Env = append(os.Environ(), floorPasswordEnv+"="+s.password)
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	before := readCPUSample()
+	out, err := cmd.Output()
+	after := readCPUSample()
+	if err != nil {
+		return cell{firstErr: "floor client: " + err.Error()}
+	}
+	res, err := decodeFloorResult(out)
+	if err != nil {
+		return cell{firstErr: err.Error()}
+	}
+	return cell{
+		probes: res.Probes, failures: res.Failures, firstErr: res.FirstErr, elapsed: res.Elapsed,
+		latencies: res.Latencies, cpu: res.CPU, peakRSSK: res.PeakRSSK, busy: busyBetween(before, after),
+	}
+}
+
+func (h *harness) exporterCell(p *process, server, kind, target string, concurrency int, d time.Duration, maxProbes int) cell {
+	return h.exporterCellBodies(p, server, kind, target, concurrency, d, maxProbes, false).cell
+}
+
+type bodiesCell struct {
+	cell
+	bodies [][]byte
+}
+
+// exporterCellBodies runs concurrency workers against an exporter, worker i
+// asking for module server_kind_i of target.
+func (h *harness) exporterCellBodies(p *process, server, kind, target string, concurrency int, d time.Duration, maxProbes int, keep bool) bodiesCell {
+	urlFor := func(worker int) string { return probeURL(p.base, moduleName(server, kind, worker), target) }
+	pid := p.pid()
+	if err := resetPeakRSS(pid); err != nil {
+		h.logf("cannot reset the peak RSS of %s: %v", p.name, err)
+	}
+	cpu0, err0 := cpuSeconds(pid)
+	before := readCPUSample()
+	res := httpLoad(h.ctx, urlFor, concurrency, d, maxProbes, 10*time.Second, keep)
+	after := readCPUSample()
+	cpu1, err1 := cpuSeconds(pid)
+	hwm, _ := memKiB(pid, "VmHWM")
+	c := cell{
+		probes: res.Probes, failures: res.Failures, firstErr: res.FirstErr, elapsed: res.Elapsed,
+		latencies: res.Latencies, cpu: cpu1 - cpu0, peakRSSK: hwm, busy: busyBetween(before, after),
+	}
+	if err0 != nil || err1 != nil {
+		c.firstErr = fmt.Sprintf("reading the CPU time of %s: %v %v", p.name, err0, err1)
+		c.failures = max(c.failures, 1)
+	}
+	return bodiesCell{cell: c, bodies: res.Bodies}
+}
