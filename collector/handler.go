@@ -203,7 +203,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	if writeExposition(w, r, entry.Metrics) {
+	if writeExposition(w, r, params, entry.Metrics) {
 		return
 	}
 	promhttp.HandlerFor(registry(), promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}).ServeHTTP(w, r)
@@ -217,8 +217,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // kilobytes are not worth the CPU of gzip. It returns false, for promhttp
 // to answer, when the scraper wants another format, filters by name, or
 // there is no exposition.
-func writeExposition(w http.ResponseWriter, r *http.Request, text string) bool {
-	if text == "" || r.URL.Query().Has("name[]") {
+func writeExposition(w http.ResponseWriter, r *http.Request, params url.Values, text string) bool {
+	if text == "" || params.Has("name[]") {
 		return false
 	}
 	format := expfmt.NegotiateAccept(r.Header, expfmt.DefaultAcceptedFormats()...)
