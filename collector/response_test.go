@@ -133,3 +133,15 @@ func TestModuleTextFollowsReload(t *testing.T) {
 		t.Errorf("the cache keeps %d texts for a configuration of 2 modules", len(cache.modules))
 	}
 }
+
+// A scraper that filters by metric name gets promhttp's filtered answer.
+func TestNameFilterStillServed(t *testing.T) {
+	result := successResult(newTLSFixture(t).state)
+	fake := &fakeProber{result: func() *prober.Result { return result }}
+	env := newTestEnv(t, HandlerOpts{Probe: fake.probe})
+	rec := env.get(t, env.handler, "module=submission&target=mail.example.net&name[]=probe_success", http.Header{"Accept": {acceptPrometheus2}})
+	body := rec.Body.String()
+	if !strings.Contains(body, "\nprobe_success 1\n") || strings.Contains(body, "probe_smtp_") {
+		t.Errorf("name[]=probe_success answered with:\n%s", body)
+	}
+}
