@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -28,9 +29,10 @@ func newDesc(fqName, help string, labels []string) *prometheus.Desc {
 	return d
 }
 
-// expositionSize is a little more than a probe's exposition takes, the
-// HELP and TYPE lines being most of it: one allocation instead of a few.
-const expositionSize = 8 << 10
+// lastExpositionLen is the length of the latest exposition: the next one
+// is about as long (the HELP and TYPE lines are most of it), so its buffer
+// is allocated once, at the size the history then keeps it at.
+var lastExpositionLen atomic.Int64
 
 // renderText writes what c collects in the text exposition format, exactly
 // as a registry holding c alone would have it gathered and encoded: metric
@@ -74,7 +76,7 @@ func renderText(c prometheus.Collector) (string, error) {
 	}
 	slices.SortFunc(families, func(a, b *dto.MetricFamily) int { return cmp.Compare(a.GetName(), b.GetName()) })
 	var b strings.Builder
-	b.Grow(expositionSize)
+	b.Grow(max(int(lastExpositionLen.Load())+512, 4096))
 	for _, mf := range families {
 		slices.SortFunc(mf.Metric, compareLabels)
 		mf.Metric = slices.CompactFunc(mf.Metric, func(x, y *dto.Metric) bool {
@@ -88,6 +90,7 @@ func renderText(c prometheus.Collector) (string, error) {
 			errs = append(errs, err)
 		}
 	}
+	lastExpositionLen.Store(int64(b.Len()))
 	return b.String(), errors.Join(errs...)
 }
 
