@@ -49,6 +49,7 @@ type options struct {
 	waitLoad    time.Duration
 	requireAll  bool
 	pprofDir    string
+	exporterEnv []string
 	settle      time.Duration
 	servers     map[string]bool
 	sections    map[string]bool
@@ -91,6 +92,13 @@ func run() int {
 	sections := fs.String("sections", "throughput,phases,hung,bench", "what to measure")
 	fs.DurationVar(&o.settle, "settle", 10*time.Second, "wait after the hung probes ended and garbage was collected, for the scavenger to return memory")
 	fs.StringVar(&o.pprofDir, "pprof-dir", "", "build the exporter with net/http/pprof and save a CPU profile of each of its throughput runs here")
+	fs.Func("exporter-env", "KEY=VALUE added to smtp_exporter's environment only, such as GOGC=200 (repeatable)", func(v string) error {
+		if !strings.Contains(v, "=") {
+			return errors.New("want KEY=VALUE")
+		}
+		o.exporterEnv = append(o.exporterEnv, v)
+		return nil
+	})
 	fs.BoolVar(&floorChild, "floor.child", false, "internal: run as the floor client")
 	floorFlags(fs, &spec)
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -364,7 +372,7 @@ func (h *harness) startExportersOnly(withExporter, withBlackbox bool) (exporter,
 		if err := os.WriteFile(cfg, []byte(exporterConfig(h.servers, h.hungCA, h.workers(), h.o.hung)), 0o600); err != nil {
 			return nil, nil, err
 		}
-		var env []string
+		env := slices.Clone(h.o.exporterEnv)
 		if h.pprofAddr != "" {
 			env = append(env, pprofEnv+"="+h.pprofAddr)
 		}
