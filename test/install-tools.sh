@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs the tools the tests drive besides the mail servers (those are
 # test/lab/install.sh's): Prometheus with promtool, Alertmanager with amtool,
-# and Chromium for the browser test of the probe pages. Debian, as root.
+# Chromium for the browser test of the probe pages, and blackbox_exporter,
+# which the performance harness measures us against. Debian, as root.
 #
 # Idempotent: returns at once when every binary is present. Package scripts
 # are kept from starting the system-wide daemons; tests run their own.
 set -euo pipefail
 
-packages=(prometheus prometheus-alertmanager chromium fonts-dejavu-core)
-binaries=(/usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-alertmanager /usr/bin/amtool /usr/bin/chromium)
+packages=(prometheus prometheus-alertmanager prometheus-blackbox-exporter chromium fonts-dejavu-core)
+binaries=(/usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-alertmanager /usr/bin/amtool /usr/bin/prometheus-blackbox-exporter /usr/bin/chromium)
 
 have_everything() {
 	local b
@@ -18,7 +19,7 @@ have_everything() {
 }
 
 if have_everything; then
-	echo "tools install: prometheus, alertmanager and chromium already present"
+	echo "tools install: prometheus, alertmanager, blackbox_exporter and chromium already present"
 	exit 0
 fi
 if [[ $(id -u) -ne 0 ]]; then
