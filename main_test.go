@@ -30,9 +30,10 @@ func TestRefusesToStartWithInvalidConfig(t *testing.T) {
 	}
 }
 
-// exporter starts run() on a free loopback port with the given config file
-// and returns its base URL and the signal channel that stops it.
-func exporter(t *testing.T, configFile string, extraArgs ...string) (string, chan os.Signal) {
+// startExporter starts run() on a free loopback port with the given config
+// file and returns its address and the signal channel that stops it; the
+// test's cleanup stops it and checks its exit code.
+func startExporter(t *testing.T, configFile string, extraArgs ...string) (string, chan os.Signal) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -55,6 +56,14 @@ func exporter(t *testing.T, configFile string, extraArgs ...string) (string, cha
 			t.Error("exporter did not stop within 10s of SIGTERM")
 		}
 	})
+	return addr, signals
+}
+
+// exporter starts run() as startExporter does and waits until it is healthy
+// over plain HTTP; it returns the base URL and the signal channel.
+func exporter(t *testing.T, configFile string, extraArgs ...string) (string, chan os.Signal) {
+	t.Helper()
+	addr, signals := startExporter(t, configFile, extraArgs...)
 	base := "http://" + addr
 	health := base + "/-/healthy"
 	for _, a := range extraArgs {

@@ -5,12 +5,9 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"io"
-	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -48,33 +45,8 @@ basic_auth_users:
 `)
 	writeFile(t, filepath.Join(dir, "smtp_exporter.yml"), "modules:\n  m:\n    timeout: 2s\n    smtp:\n      tls: none\n")
 
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	signals := make(chan os.Signal, 1)
-	done := make(chan int, 1)
-	go func() {
-		done <- run([]string{
-			"--config.file=" + filepath.Join(dir, "smtp_exporter.yml"),
-			"--web.config.file=" + filepath.Join(dir, "web-config.yml"),
-			"--web.listen-address=" + addr,
-			"--log.level=error",
-		}, signals)
-	}()
-	t.Cleanup(func() {
-		signals <- syscall.SIGTERM
-		select {
-		case code := <-done:
-			if code != 0 {
-				t.Errorf("exporter exited with %d", code)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("exporter did not stop within 10s of SIGTERM")
-		}
-	})
+	addr, _ := startExporter(t, filepath.Join(dir, "smtp_exporter.yml"),
+		"--web.config.file="+filepath.Join(dir, "web-config.yml"))
 
 	client := &http.Client{
 		Timeout:   10 * time.Second,

@@ -1,7 +1,6 @@
 package collector
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -20,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/smtp-exporter/smtp_exporter/config"
+	"github.com/smtp-exporter/smtp_exporter/internal/smtptest"
 	"github.com/smtp-exporter/smtp_exporter/prober"
 )
 
@@ -56,24 +56,6 @@ func newTestConfig(t *testing.T, yaml string) *config.SafeConfig {
 		t.Fatal(err)
 	}
 	return sc
-}
-
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // probeCall is what a fake prober was called with.
@@ -116,12 +98,12 @@ type testEnv struct {
 	pages   *Pages
 	history *History
 	reg     *prometheus.Registry
-	mainLog *syncBuffer
+	mainLog *smtptest.LogBuffer
 }
 
 func newTestEnv(t *testing.T, opts HandlerOpts) *testEnv {
 	t.Helper()
-	env := &testEnv{reg: prometheus.NewPedanticRegistry(), mainLog: &syncBuffer{}}
+	env := &testEnv{reg: prometheus.NewPedanticRegistry(), mainLog: &smtptest.LogBuffer{}}
 	if opts.Config == nil {
 		opts.Config = newTestConfig(t, testConfigYAML)
 	}

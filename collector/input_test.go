@@ -19,32 +19,12 @@ import (
 
 // answerAll is a loopback server that accepts everything: for the targets
 // that should get through.
-func answerAll(c *smtptest.Conn) {
-	if c.Reply(220, "mx.input.invalid ESMTP") != nil {
-		return
-	}
-	for {
-		line, err := c.ReadLine()
-		if err != nil {
-			return
-		}
-		verb, _, _ := strings.Cut(strings.ToUpper(line), " ")
-		switch verb {
-		case "EHLO":
-			err = c.Reply(250, "mx.input.invalid", "AUTH PLAIN")
-		case "AUTH":
-			err = c.Reply(235, "2.7.0 ok")
-		case "QUIT":
-			c.Reply(221, "bye")
-			return
-		default:
-			err = c.Reply(250, "ok")
-		}
-		if err != nil {
-			return
-		}
-	}
-}
+var answerAll = smtptest.AuthSession{
+	Host:       "mx.input.invalid",
+	Extensions: []string{"AUTH PLAIN"},
+	Auth:       func(c *smtptest.Conn, _ string) bool { return c.Reply(235, "2.7.0 ok") == nil },
+	Other:      "250 ok",
+}.Handle
 
 // probeOutcome reads probe_success and the failure's phase and reason from
 // an exposition.
@@ -87,7 +67,7 @@ modules:
       port: %s
 `, port, port6))
 	env := newTestEnv(t, HandlerOpts{Config: cfg})
-	env.mainLog = &syncBuffer{}
+	env.mainLog = &smtptest.LogBuffer{}
 	env.handler.logger = slog.New(slog.NewTextHandler(env.mainLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
 
 	const (

@@ -54,34 +54,12 @@ var (
 // with 535 (after the JSON error of a refused bearer token), "quoted" with
 // a 535 that quotes everything the client sent, as sent and decoded.
 func secretServer(verdict string) smtptest.Handler {
-	return func(c *smtptest.Conn) {
-		if c.Reply(220, "mx.secrets.invalid ESMTP") != nil {
-			return
-		}
-		for {
-			line, err := c.ReadLine()
-			if err != nil {
-				return
-			}
-			verb, arg, _ := strings.Cut(line, " ")
-			switch strings.ToUpper(verb) {
-			case "EHLO":
-				err = c.Reply(250, "mx.secrets.invalid", "AUTH "+strings.Join(secretMechanisms, " "))
-			case "AUTH":
-				if !secretAuth(c, verdict, arg) {
-					return
-				}
-			case "QUIT":
-				c.Reply(221, "bye")
-				return
-			default:
-				err = c.Reply(250, "ok")
-			}
-			if err != nil {
-				return
-			}
-		}
-	}
+	return smtptest.AuthSession{
+		Host:       "mx.secrets.invalid",
+		Extensions: []string{"AUTH " + strings.Join(secretMechanisms, " ")},
+		Auth:       func(c *smtptest.Conn, arg string) bool { return secretAuth(c, verdict, arg) },
+		Other:      "250 ok",
+	}.Handle
 }
 
 func secretAuth(c *smtptest.Conn, verdict, arg string) bool {
@@ -246,7 +224,7 @@ modules:
         `+credential+`
       allowed_targets: ["127.0.0.1"]
 `)
-				var mainLog syncBuffer
+				var mainLog smtptest.LogBuffer
 				reg := prometheus.NewPedanticRegistry()
 				history := NewHistory(10)
 				logger := slog.New(slog.NewTextHandler(&mainLog, &slog.HandlerOptions{Level: slog.LevelDebug}))

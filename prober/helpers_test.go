@@ -1,13 +1,11 @@
 package prober
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -106,24 +104,6 @@ func loadModule(t testing.TB, s moduleSpec) config.Module {
 	return cfg.Modules["test"]
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // runProbe runs Probe with a debug-level logger and returns the result and
 // the log.
 func runProbe(t testing.TB, target string, m config.Module) (*Result, string) {
@@ -133,7 +113,7 @@ func runProbe(t testing.TB, target string, m config.Module) (*Result, string) {
 
 func runProbeCtx(t testing.TB, ctx context.Context, target string, m config.Module) (*Result, string) {
 	t.Helper()
-	var logs syncBuffer
+	var logs smtptest.LogBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	r := Probe(ctx, target, m, "test-probe", logger)
 	if r == nil {

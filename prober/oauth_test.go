@@ -93,31 +93,11 @@ func (b *bearerServer) tokens() []string {
 }
 
 func (b *bearerServer) handle(c *smtptest.Conn) {
-	c.WriteLine("220 bearer.test ESMTP")
-	for {
-		line, err := c.ReadLine()
-		if err != nil {
-			return
-		}
-		verb, arg, _ := strings.Cut(line, " ")
-		switch strings.ToUpper(verb) {
-		case "EHLO":
-			mechs := b.mechanisms
-			if mechs == "" {
-				mechs = "XOAUTH2 OAUTHBEARER"
-			}
-			c.Reply(250, "bearer.test", "AUTH "+mechs, "ENHANCEDSTATUSCODES")
-		case "AUTH":
-			if !b.auth(c, arg) {
-				return
-			}
-		case "QUIT":
-			c.WriteLine("221 2.0.0 Bye")
-			return
-		default:
-			c.WriteLine("502 5.5.2 Error: command not recognized")
-		}
+	mechs := b.mechanisms
+	if mechs == "" {
+		mechs = "XOAUTH2 OAUTHBEARER"
 	}
+	smtptest.AuthSession{Host: "bearer.test", Extensions: []string{"AUTH " + mechs, "ENHANCEDSTATUSCODES"}, Auth: b.auth}.Handle(c)
 }
 
 func (b *bearerServer) auth(c *smtptest.Conn, arg string) bool {

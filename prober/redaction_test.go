@@ -150,7 +150,7 @@ func TestRedactorStateMachine(t *testing.T) {
 
 func TestTranscriptScrubsSecretsAndBoundsLines(t *testing.T) {
 	t.Parallel()
-	var logs syncBuffer
+	var logs smtptest.LogBuffer
 	tr := newTranscript(time.Now(), slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	tr.addSecret("hunter2-password")
 	tr.addSecret("x") // too short to scrub without mangling everything

@@ -157,31 +157,11 @@ type scramServer struct {
 }
 
 func (s *scramServer) handle(c *smtptest.Conn) {
-	c.WriteLine("220 scram.test ESMTP")
-	for {
-		line, err := c.ReadLine()
-		if err != nil {
-			return
-		}
-		verb, arg, _ := strings.Cut(line, " ")
-		switch strings.ToUpper(verb) {
-		case "EHLO":
-			mechs := s.mechanisms
-			if mechs == "" {
-				mechs = "PLAIN LOGIN SCRAM-SHA-1 SCRAM-SHA-256"
-			}
-			c.Reply(250, "scram.test", "AUTH "+mechs, "ENHANCEDSTATUSCODES")
-		case "AUTH":
-			if !s.auth(c, arg) {
-				return
-			}
-		case "QUIT":
-			c.WriteLine("221 2.0.0 Bye")
-			return
-		default:
-			c.WriteLine("502 5.5.2 Error: command not recognized")
-		}
+	mechs := s.mechanisms
+	if mechs == "" {
+		mechs = "PLAIN LOGIN SCRAM-SHA-1 SCRAM-SHA-256"
 	}
+	smtptest.AuthSession{Host: "scram.test", Extensions: []string{"AUTH " + mechs, "ENHANCEDSTATUSCODES"}, Auth: s.auth}.Handle(c)
 }
 
 func (s *scramServer) auth(c *smtptest.Conn, arg string) bool {

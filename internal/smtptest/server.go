@@ -1,7 +1,7 @@
 // Package smtptest runs SMTP servers on 127.0.0.1 for the tests of every
 // package: a scripted server whose per-connection handler says exactly what
 // goes over the wire, a standard well-behaved server built on it (NewServer),
-// and in-process test certificates.
+// in-process test certificates, and a buffer for the log of a probe.
 package smtptest
 
 import (
@@ -389,4 +389,53 @@ func NewReplyServer(t testing.TB, greeting string, replies map[string]string) *S
 			}
 		}
 	})
+}
+
+// AuthSession scripts a server for tests of one AUTH exchange: it greets
+// as Host, offers Extensions after Host in its EHLO reply, hands every AUTH
+// command to Auth, says 221 to QUIT, and answers any other command with
+// Other. The test writes only the exchange itself.
+type AuthSession struct {
+	Host       string
+	Extensions []string
+	// Auth carries out one exchange from the argument of the AUTH command
+	// (mechanism and initial response); it returns false to end the session.
+	Auth func(c *Conn, arg string) bool
+	// Other is the raw reply line to every other command; by default
+	// "502 5.5.2 Error: command not recognized".
+	Other string
+}
+
+// Handle runs the session on one connection; it is a Handler.
+func (s AuthSession) Handle(c *Conn) {
+	other := s.Other
+	if other == "" {
+		other = "502 5.5.2 Error: command not recognized"
+	}
+	if c.Reply(220, s.Host+" ESMTP") != nil {
+		return
+	}
+	for {
+		line, err := c.ReadLine()
+		if err != nil {
+			return
+		}
+		verb, arg, _ := strings.Cut(line, " ")
+		switch strings.ToUpper(verb) {
+		case "EHLO":
+			err = c.Reply(250, append([]string{s.Host}, s.Extensions...)...)
+		case "AUTH":
+			if !s.Auth(c, arg) {
+				return
+			}
+		case "QUIT":
+			c.Reply(221, "2.0.0 Bye")
+			return
+		default:
+			err = c.WriteLine(other)
+		}
+		if err != nil {
+			return
+		}
+	}
 }
