@@ -22,7 +22,7 @@ const (
 func (e *Entry) WriteDebug(w io.Writer) error {
 	var b strings.Builder
 	b.WriteString("Logs for the probe:\n")
-	b.WriteString(e.Log)
+	b.WriteString(e.Log())
 	if e.Result != nil && len(e.Result.Transcript) > 0 {
 		b.WriteString("\nSMTP transcript (credentials replaced):\n")
 		writeTranscript(&b, e.Result.Transcript)

@@ -324,7 +324,7 @@ func isAuthRejection(e *Entry) bool {
 // it keeps the probe.
 func slimEntry(e *Entry) *Entry {
 	slim := *e
-	slim.Log, slim.Metrics, slim.ModuleConfig = "", "", ""
+	slim.log, slim.Metrics, slim.ModuleConfig = nil, "", ""
 	if e.Result != nil {
 		r := *e.Result
 		r.Transcript = nil

@@ -296,7 +296,9 @@ func (h *Handler) respond(res guardResult, target, moduleName string, module con
 	case outcomeShared:
 		log.Debug("Returning the result of a concurrent probe of the same module and target", "probe_id", entry.ProbeID)
 		shared := *entry
-		shared.Log = fmt.Sprintf("This request shared probe %s, which another request had started.\n%s", entry.ProbeID, entry.Log)
+		shared.log = lazyLog(func() string {
+			return fmt.Sprintf("This request shared probe %s, which another request had started.\n%s", entry.ProbeID, entry.Log())
+		})
 		return &shared, func() *prometheus.Registry { return h.registryFor(entry.Result, entry.Timeout, module, 0) }
 	case outcomeReused:
 		log.Debug("Returning the last result: min_interval has not passed", "probe_id", entry.ProbeID,
@@ -315,7 +317,7 @@ func (h *Handler) respond(res guardResult, target, moduleName string, module con
 		return h.abandoned(target, moduleName, module, text, timeout)
 	}
 	reused := *entry
-	reused.Log = note + "\nThe probe's own log is on /logs?id=" + strconv.FormatUint(entry.ID, 10) + " while the history keeps it.\n"
+	reused.log = fixedLog(note + "\nThe probe's own log is on /logs?id=" + strconv.FormatUint(entry.ID, 10) + " while the history keeps it.\n")
 	reused.Metrics = h.exposition(h.collectorFor(entry.Result, entry.Timeout, module, res.age), log)
 	reused.ModuleConfig = text.yaml
 	return &reused, func() *prometheus.Registry { return h.registryFor(entry.Result, entry.Timeout, module, res.age) }
@@ -336,7 +338,7 @@ func (h *Handler) abandoned(target, moduleName string, module config.Module, tex
 	entry := &Entry{
 		Time: time.Now().Add(-timeout), Module: moduleName, Target: target, Timeout: timeout,
 		Duration: timeout, FailurePhase: prober.PhaseSetup, FailureReason: prober.ReasonTimeout, Result: result,
-		Log:          "Timed out waiting for a concurrent probe of the same module and target.\n",
+		log:          fixedLog("Timed out waiting for a concurrent probe of the same module and target.\n"),
 		ModuleConfig: text.yaml,
 	}
 	entry.Metrics = h.exposition(h.collectorFor(result, timeout, module, 0), h.logger)
@@ -408,7 +410,7 @@ func (h *Handler) run(ctx context.Context, target, moduleName string, module con
 	h.logOutcome(plog, result)
 
 	entry.Metrics = h.exposition(h.collectorFor(result, timeout, module, 0), plog.probe)
-	entry.Log = plog.buffer.String()
+	entry.log = lazyLog(plog.records.String)
 	entry.ModuleConfig = text.yaml
 	return entry
 }

@@ -33,8 +33,8 @@ type Entry struct {
 	FailurePhase  prober.Phase
 	FailureReason prober.Reason
 
-	// Log is the probe's captured log.
-	Log string
+	// log is the probe's captured log, formatted when first read.
+	log *logText
 	// Metrics is the exposition the probe returned, in the text format.
 	Metrics string
 	// ModuleConfig is the module as the probe ran it, secrets as <secret>:
@@ -44,6 +44,9 @@ type Entry struct {
 	// prober returned none.
 	Result *prober.Result
 }
+
+// Log returns the probe's log as text.
+func (e *Entry) Log() string { return e.log.String() }
 
 // History keeps the most recent probes and, for longer, the most recent
 // failures, so that the reason a target went down stays visible after many

@@ -412,7 +412,7 @@ func newProbePage(e *Entry, now time.Time) probePage {
 		Capabilities: newCapabilities(r),
 		Delivery:     newDeliveryView(r),
 		Transcript:   newTranscript(r.Transcript),
-		Log:          e.Log,
+		Log:          e.Log(),
 		Metrics:      e.Metrics,
 		ModuleConfig: e.ModuleConfig,
 	}

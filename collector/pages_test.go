@@ -285,7 +285,7 @@ func TestProbePageEscapesHostileText(t *testing.T) {
 	}
 	e := entryFor(r)
 	e.Target = hostileImg + hostileScript
-	e.Log = `msg="banner" text=` + hostileScript + "\n"
+	e.log = fixedLog(`msg="banner" text=` + hostileScript + "\n")
 	e.Metrics = hostileStyle
 	page := renderProbePage(t, e, time.Now())
 
