@@ -22,25 +22,9 @@ if have_everything; then
 	echo "tools install: prometheus, alertmanager, blackbox_exporter and chromium already present"
 	exit 0
 fi
-if [[ $(id -u) -ne 0 ]]; then
-	echo "tools install: must run as root (apt-get)" >&2
-	exit 1
-fi
-
-policy=/usr/sbin/policy-rc.d
-created_policy=""
-if [[ ! -e $policy ]]; then
-	printf '#!/bin/sh\nexit 101\n' >"$policy"
-	chmod 0755 "$policy"
-	created_policy=$policy
-fi
-trap '[[ -z $created_policy ]] || rm -f "$created_policy"' EXIT
-
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q --no-install-recommends \
-	-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-	"${packages[@]}"
+# shellcheck source=apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+apt_install "${packages[@]}"
 
 if ! have_everything; then
 	echo "tools install: still missing after apt-get:" >&2

@@ -31,31 +31,12 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 start=$(date +%s)
-
-# Keep maintainer scripts from starting the system-wide daemons. Only a
-# policy-rc.d created here is removed again.
-policy=/usr/sbin/policy-rc.d
-created_policy=""
-if [[ ! -e $policy ]]; then
-	printf '#!/bin/sh\nexit 101\n' >"$policy"
-	chmod 0755 "$policy"
-	created_policy=$policy
-fi
-cleanup() {
-	if [[ -n $created_policy ]]; then
-		rm -f "$created_policy"
-	fi
-}
-trap cleanup EXIT
+# shellcheck source=../apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../apt.sh"
 
 # "No configuration" leaves /etc/postfix without a main.cf: the lab brings its own.
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q --no-install-recommends \
-	-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-	"${packages[@]}"
+apt_install "${packages[@]}"
 
 if ! have_everything; then
 	echo "lab install: packages installed but a binary or Perl module is still missing" >&2
