@@ -190,23 +190,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return entry
 		})
 	}()
-	entry, registry := h.respond(res, target, moduleName, module, text, timeout)
+	entry := h.respond(res, target, moduleName, module, text, timeout)
 
 	if view == "html" {
 		writeProbePage(w, h.logger, entry)
 		return
 	}
 	if params.Get("debug") == "true" {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if err := entry.WriteDebug(w); err != nil {
-			h.logger.Debug("Writing debug output failed", "err", err)
-		}
+		writeDebugText(w, h.logger, entry)
 		return
 	}
 	if writeExposition(w, r, params, entry.Metrics) {
 		return
 	}
-	promhttp.HandlerFor(registry(), promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}).ServeHTTP(w, r)
+	// Another format, or a name[] filter: built from the same result, age
+	// included (0 for a probe run or shared now).
+	registry := h.registryFor(entry.Result, entry.Timeout, module, res.age)
+	promhttp.HandlerFor(registry, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}).ServeHTTP(w, r)
 }
 
 // writeExposition answers a scraper that takes the text format with the
@@ -279,11 +279,10 @@ func (h *Handler) guardPolicy(module config.Module, text moduleText) guardPolicy
 	return p
 }
 
-// respond turns what the guard returned into the entry to show and the
-// registry to serve, built only if it is asked for. Only a probe run for
+// respond turns what the guard returned into the entry to show. Only a probe run for
 // this request is in the history; the others say in their log where their
 // result came from.
-func (h *Handler) respond(res guardResult, target, moduleName string, module config.Module, text moduleText, timeout time.Duration) (*Entry, func() *prometheus.Registry) {
+func (h *Handler) respond(res guardResult, target, moduleName string, module config.Module, text moduleText, timeout time.Duration) *Entry {
 	log := h.logger.With("module", moduleName, "target", target)
 	if res.released != "" {
 		log.Info("Releasing the hold on logins after an authentication rejection", "why", res.released)
@@ -292,14 +291,14 @@ func (h *Handler) respond(res guardResult, target, moduleName string, module con
 	var note string
 	switch res.outcome {
 	case outcomeFresh:
-		return entry, func() *prometheus.Registry { return h.registryFor(entry.Result, entry.Timeout, module, 0) }
+		return entry
 	case outcomeShared:
 		log.Debug("Returning the result of a concurrent probe of the same module and target", "probe_id", entry.ProbeID)
 		shared := *entry
 		shared.log = lazyLog(func() string {
 			return fmt.Sprintf("This request shared probe %s, which another request had started.\n%s", entry.ProbeID, entry.Log())
 		})
-		return &shared, func() *prometheus.Registry { return h.registryFor(entry.Result, entry.Timeout, module, 0) }
+		return &shared
 	case outcomeReused:
 		log.Debug("Returning the last result: min_interval has not passed", "probe_id", entry.ProbeID,
 			"age_seconds", res.age.Seconds(), "min_interval_seconds", time.Duration(module.MinInterval).Seconds())
@@ -320,12 +319,12 @@ func (h *Handler) respond(res guardResult, target, moduleName string, module con
 	reused.log = fixedLog(note + "\nThe probe's own log is on /logs?id=" + strconv.FormatUint(entry.ID, 10) + " while the history keeps it.\n")
 	reused.Metrics = h.exposition(h.collectorFor(entry.Result, entry.Timeout, module, res.age), log)
 	reused.ModuleConfig = text.yaml
-	return &reused, func() *prometheus.Registry { return h.registryFor(entry.Result, entry.Timeout, module, res.age) }
+	return &reused
 }
 
 // abandoned is the result for a request whose deadline passed while it
 // waited for another request's probe.
-func (h *Handler) abandoned(target, moduleName string, module config.Module, text moduleText, timeout time.Duration) (*Entry, func() *prometheus.Registry) {
+func (h *Handler) abandoned(target, moduleName string, module config.Module, text moduleText, timeout time.Duration) *Entry {
 	result := &prober.Result{
 		Duration:  timeout,
 		SizeLimit: -1,
@@ -342,7 +341,7 @@ func (h *Handler) abandoned(target, moduleName string, module config.Module, tex
 		ModuleConfig: text.yaml,
 	}
 	entry.Metrics = h.exposition(h.collectorFor(result, timeout, module, 0), h.logger)
-	return entry, func() *prometheus.Registry { return h.registryFor(result, timeout, module, 0) }
+	return entry
 }
 
 // collectorFor returns the collector of the metrics of result.

@@ -17,7 +17,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/common/expfmt"
 
 	"github.com/smtp-exporter/smtp_exporter/prober"
 )
@@ -220,15 +219,19 @@ func (c *probeCollector) collectPhases(ch chan<- prometheus.Metric) {
 	}
 }
 
+// presentedCerts returns the certificates the server presented. They are
+// there even when verification failed and there is no session, so that an
+// expired certificate shows as an expiry in the past rather than as nothing.
+func presentedCerts(r *prober.Result) []*x509.Certificate {
+	if len(r.PeerCertificates) > 0 || r.TLS == nil {
+		return r.PeerCertificates
+	}
+	return r.TLS.PeerCertificates
+}
+
 func (c *probeCollector) collectTLS(ch chan<- prometheus.Metric) {
 	state := c.result.TLS
-	// The presented certificates are reported even when verification
-	// failed and there is no session, so that an expired certificate shows
-	// as an expiry in the past rather than as nothing.
-	presented := c.result.PeerCertificates
-	if len(presented) == 0 && state != nil {
-		presented = state.PeerCertificates
-	}
+	presented := presentedCerts(c.result)
 	if earliest, ok := earliestExpiry(presented); ok {
 		gauge(ch, sslEarliestExpiryDesc, float64(earliest.Unix()))
 	}
@@ -414,17 +417,4 @@ func certLabel(s string) string {
 		cut--
 	}
 	return s[:cut]
-}
-
-// exposition renders everything g gathers in the text format, for the debug
-// output and the history.
-func exposition(g prometheus.Gatherer) (string, error) {
-	mfs, err := g.Gather()
-	var buf strings.Builder
-	for _, mf := range mfs {
-		if _, werr := expfmt.MetricFamilyToText(&buf, mf); werr != nil && err == nil {
-			err = werr
-		}
-	}
-	return buf.String(), err
 }

@@ -188,16 +188,13 @@ func newTLSView(r *prober.Result, now time.Time) tlsView {
 			v.Planned = true
 		}
 	}
-	presented := r.PeerCertificates
+	presented := presentedCerts(r)
 	if s := r.TLS; s != nil {
 		v.Established = true
 		v.Version = tls.VersionName(s.Version)
 		v.Cipher = tls.CipherSuiteName(s.CipherSuite)
 		v.ServerName = printable(s.ServerName)
 		v.Verified = len(s.VerifiedChains) > 0
-		if len(presented) == 0 {
-			presented = s.PeerCertificates
-		}
 	}
 	for _, c := range presented {
 		if c != nil {

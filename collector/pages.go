@@ -182,9 +182,15 @@ func (p *Pages) Logs(w http.ResponseWriter, r *http.Request) {
 		writeProbePage(w, p.logger, e)
 		return
 	}
+	writeDebugText(w, p.logger, e)
+}
+
+// writeDebugText answers with the plain-text debug output of a probe, as
+// debug=true and /logs do for curl and scripts.
+func writeDebugText(w http.ResponseWriter, logger *slog.Logger, e *Entry) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if err := e.WriteDebug(w); err != nil {
-		p.logger.Debug("Writing debug output failed", "err", err)
+		logger.Debug("Writing debug output failed", "err", err)
 	}
 }
 

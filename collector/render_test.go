@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
 
 	"github.com/smtp-exporter/smtp_exporter/prober"
 )
@@ -158,3 +159,16 @@ type collectorFunc func(chan<- prometheus.Metric)
 
 func (f collectorFunc) Describe(chan<- *prometheus.Desc)    {}
 func (f collectorFunc) Collect(ch chan<- prometheus.Metric) { f(ch) }
+
+// exposition renders everything g gathers in the text format, as promhttp
+// would: the reference renderText is compared with.
+func exposition(g prometheus.Gatherer) (string, error) {
+	mfs, err := g.Gather()
+	var buf strings.Builder
+	for _, mf := range mfs {
+		if _, werr := expfmt.MetricFamilyToText(&buf, mf); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	return buf.String(), err
+}
