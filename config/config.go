@@ -84,19 +84,12 @@ func MarshalModule(m Module) ([]byte, error) {
 	return yaml.Marshal(m)
 }
 
-// lineError prefixes an error with the line of the YAML node it concerns, the
-// same form yaml's own errors take.
-func lineError(node *yaml.Node, format string, args ...any) error {
-	return fmt.Errorf("line %d: %s", node.Line, fmt.Sprintf(format, args...))
-}
-
 // SafeConfig holds the configuration in use and swaps it atomically on a
 // successful reload. Readers take a snapshot and never block a reload for
 // longer than a pointer copy.
 type SafeConfig struct {
-	mu     sync.RWMutex
-	c      *Config
-	loaded time.Time
+	mu sync.RWMutex
+	c  *Config
 
 	reloadSuccess   prometheus.Gauge
 	reloadTimestamp prometheus.Gauge
@@ -165,16 +158,8 @@ func (sc *SafeConfig) Reload(path string) error {
 	now := time.Now()
 	sc.mu.Lock()
 	sc.c = cfg
-	sc.loaded = now
 	sc.mu.Unlock()
 	sc.reloadSuccess.Set(1)
 	sc.reloadTimestamp.Set(float64(now.Unix()))
 	return nil
-}
-
-// LoadedAt returns when the configuration in use was loaded.
-func (sc *SafeConfig) LoadedAt() time.Time {
-	sc.mu.RLock()
-	defer sc.mu.RUnlock()
-	return sc.loaded
 }

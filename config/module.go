@@ -157,25 +157,19 @@ func (m *Module) UnmarshalYAML(unmarshal func(any) error) error {
 	if err := unmarshal((*plain)(m)); err != nil {
 		return err
 	}
-	// Without an smtp block, SMTPProbe.UnmarshalYAML never ran.
+	// Here rather than in SMTPProbe.UnmarshalYAML, which does not run for a
+	// module without an smtp block.
 	if m.SMTP.EHLO == "" {
 		m.SMTP.EHLO = defaultEHLOName()
 	}
 	return nil
 }
 
-// UnmarshalYAML applies the defaults, including the machine's hostname as the
-// EHLO name.
+// UnmarshalYAML applies the defaults; the EHLO name's comes from the module.
 func (s *SMTPProbe) UnmarshalYAML(unmarshal func(any) error) error {
 	*s = DefaultSMTPProbe
 	type plain SMTPProbe
-	if err := unmarshal((*plain)(s)); err != nil {
-		return err
-	}
-	if s.EHLO == "" {
-		s.EHLO = defaultEHLOName()
-	}
-	return nil
+	return unmarshal((*plain)(s))
 }
 
 // UnmarshalYAML applies the defaults.

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	promconfig "github.com/prometheus/common/config"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -141,14 +142,8 @@ func (s *SMTPProbe) validate(path []string) error {
 			return fieldErr(append(path, "source_ip_address"), "%q is not an IP address", s.SourceIPAddress)
 		}
 	}
-	if err := s.TLSConfig.Validate(); err != nil {
-		return fieldErr(append(path, "tls_config"), "%v", err)
-	}
-	if err := validateServerName(s.TLSConfig.ServerName); err != nil {
-		return fieldErr(append(path, "tls_config", "server_name"), "%v", err)
-	}
-	if s.TLSConfig.MaxVersion != 0 && s.TLSConfig.MinVersion > s.TLSConfig.MaxVersion {
-		return fieldErr(append(path, "tls_config", "min_version"), "must not be greater than max_version")
+	if err := validateTLSConfig(append(path, "tls_config"), &s.TLSConfig); err != nil {
+		return err
 	}
 	s.allowed = nil
 	for i, entry := range s.AllowedTargets {
@@ -280,11 +275,20 @@ func (o *OAuth2) validate(path []string) error {
 			return fieldErr(append(path, "scopes", strconv.Itoa(i)), "%q is not a scope (no spaces, quotes or control characters)", scope)
 		}
 	}
-	if err := o.TLSConfig.Validate(); err != nil {
-		return fieldErr(append(path, "tls_config"), "%v", err)
+	return validateTLSConfig(append(path, "tls_config"), &o.TLSConfig)
+}
+
+// validateTLSConfig checks a tls_config, whether it is the SMTP session's
+// or the token endpoint's.
+func validateTLSConfig(path []string, c *promconfig.TLSConfig) error {
+	if err := c.Validate(); err != nil {
+		return fieldErr(path, "%v", err)
 	}
-	if err := validateServerName(o.TLSConfig.ServerName); err != nil {
-		return fieldErr(append(path, "tls_config", "server_name"), "%v", err)
+	if err := validateServerName(c.ServerName); err != nil {
+		return fieldErr(append(path, "server_name"), "%v", err)
+	}
+	if c.MaxVersion != 0 && c.MinVersion > c.MaxVersion {
+		return fieldErr(append(path, "min_version"), "must not be greater than max_version")
 	}
 	return nil
 }
@@ -423,8 +427,6 @@ func validateEnvelopeAddress(path []string, addr string) error {
 	}
 	return nil
 }
-
-func hasCRLF(s string) bool { return strings.ContainsAny(s, "\r\n") }
 
 // ContainsControl reports a C0 control character (CR and LF above all,
 // which would inject a command or a header line) or DEL.
