@@ -198,6 +198,9 @@ func TestTLSVersionPolicy(t *testing.T) {
 				return
 			}
 			requireFailure(t, r, PhaseTLS, tc.reason)
+			if q, _ := r.Phase(PhaseQuit); q.Ran {
+				t.Error("QUIT was sent after the TLS handshake failed")
+			}
 		})
 	}
 }

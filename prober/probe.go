@@ -417,6 +417,9 @@ func (p *probe) handshake(ph Phase) bool {
 		p.finish(ph, start, nil)
 	}
 	if err != nil {
+		// Whatever the reason, a failed handshake leaves no session to say
+		// QUIT on: the connection is just closed.
+		p.broken = true
 		p.tr.note("TLS handshake failed: %v", err)
 		var cve *tls.CertificateVerificationError
 		if errors.As(err, &cve) {

@@ -623,3 +623,24 @@ func TestProbeIPv6Loopback(t *testing.T) {
 		t.Errorf("probed %s at %s", r.Host, r.IP)
 	}
 }
+
+// Connect failures other than a refusal: the context ends before the dial,
+// and the local address cannot be bound. Neither sends anything anywhere.
+func TestConnectFailures(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	target := l.Addr().String()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	r, _ := runProbeCtx(t, ctx, target, mustModule(t, "modules:\n  m:\n    smtp: {tls: none}\n"))
+	requireFailure(t, r, PhaseConnect, ReasonTimeout)
+
+	// 192.0.2.1 (TEST-NET-1) is not an address of this machine: binding to
+	// it fails locally, before any packet is sent.
+	r, _ = runProbe(t, target, mustModule(t, "modules:\n  m:\n    smtp: {tls: none, source_ip_address: 192.0.2.1}\n"))
+	requireFailure(t, r, PhaseConnect, ReasonConnectionFailed)
+}
