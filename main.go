@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/url"
 	"os"
@@ -59,6 +60,11 @@ func run(args []string, signals chan os.Signal) int {
 	app.HelpFlag.Short('h')
 	if _, err := app.Parse(args); err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", exporterName, err)
+		return 2
+	}
+	if *timeoutOffset < 0 || math.IsNaN(*timeoutOffset) || math.IsInf(*timeoutOffset, 0) {
+		// A negative offset would let probes run past Prometheus' scrape timeout.
+		fmt.Fprintf(os.Stderr, "%s: --timeout-offset must be a non-negative number of seconds, got %v\n", exporterName, *timeoutOffset)
 		return 2
 	}
 	logger := promslog.New(logConfig)

@@ -24,6 +24,14 @@ func TestConfigCheck(t *testing.T) {
 	}
 }
 
+func TestRefusesABadTimeoutOffset(t *testing.T) {
+	for _, offset := range []string{"-1", "NaN", "+Inf"} {
+		if code := run([]string{"--config.file=smtp_exporter.yml", "--timeout-offset=" + offset, "--config.check"}, make(chan os.Signal, 1)); code != 2 {
+			t.Errorf("--timeout-offset=%s: exit code %d, want 2", offset, code)
+		}
+	}
+}
+
 func TestRefusesToStartWithInvalidConfig(t *testing.T) {
 	if code := run([]string{"--config.file=config/testdata/bad-port.yml", "--web.listen-address=127.0.0.1:0"}, make(chan os.Signal, 1)); code != 1 {
 		t.Errorf("exit code %d, want 1", code)
