@@ -54,14 +54,36 @@ const (
 	ReasonAuthUnavailable      Reason = "auth_unavailable" // no AUTH advertised at all
 	ReasonMechanismUnavailable Reason = "mechanism_unavailable"
 	ReasonPlaintextAuthRefused Reason = "plaintext_auth_refused"
-	ReasonAuthRejected         Reason = "auth_rejected"
+	// ReasonAuthRejected: the server checked the credentials and refused
+	// them (535, 5.7.8, SCRAM e=invalid-proof).
+	ReasonAuthRejected Reason = "auth_rejected"
+	// ReasonAuthTemporaryFailure: a 4xx to AUTH (454 4.7.0): the server
+	// could not check the credentials now.
 	ReasonAuthTemporaryFailure Reason = "auth_temporary_failure"
-	ReasonSenderRejected       Reason = "sender_rejected"
-	ReasonMessageTooLarge      Reason = "message_too_large"
-	ReasonRecipientRejected    Reason = "recipient_rejected"
-	ReasonRecipientDeferred    Reason = "recipient_deferred"
-	ReasonMessageRejected      Reason = "message_rejected"
-	ReasonMessageDeferred      Reason = "message_deferred"
+	// ReasonAuthThrottled: the server is limiting logins (421 during AUTH,
+	// or a reply saying too many attempts or a rate limit).
+	ReasonAuthThrottled Reason = "auth_throttled"
+	// ReasonAuthEncryptionRequired: 538 or 5.7.11, the mechanism needs an
+	// encrypted session (RFC 4954).
+	ReasonAuthEncryptionRequired Reason = "auth_encryption_required"
+	// ReasonAuthMechanismTooWeak: 534 or 5.7.9, the server wants a stronger
+	// mechanism (or, at Google, an application password).
+	ReasonAuthMechanismTooWeak Reason = "auth_mechanism_too_weak"
+	// ReasonAuthBasicDisabled: 5.7.30, basic (password) authentication is
+	// disabled for submission (Microsoft 365): the module must use OAuth.
+	ReasonAuthBasicDisabled Reason = "auth_basic_disabled"
+	// ReasonAuthDisabled: 5.7.139, SMTP AUTH is disabled for the tenant or
+	// the mailbox (Microsoft 365).
+	ReasonAuthDisabled Reason = "auth_disabled"
+	// ReasonAuthRefused: any other 5xx to AUTH, a policy refusal that says
+	// nothing about the credentials.
+	ReasonAuthRefused       Reason = "auth_refused"
+	ReasonSenderRejected    Reason = "sender_rejected"
+	ReasonMessageTooLarge   Reason = "message_too_large"
+	ReasonRecipientRejected Reason = "recipient_rejected"
+	ReasonRecipientDeferred Reason = "recipient_deferred"
+	ReasonMessageRejected   Reason = "message_rejected"
+	ReasonMessageDeferred   Reason = "message_deferred"
 
 	// Modern authentication.
 	ReasonServerSignature  Reason = "server_signature"  // SCRAM server did not prove it knows the password
@@ -74,6 +96,20 @@ const (
 	ReasonTLSVersion               Reason = "tls_version" // no TLS version within min_version..max_version
 	ReasonAuthUnexpectedlyAccepted Reason = "auth_unexpectedly_accepted"
 )
+
+// RefusesCredentials reports a reason meaning that the server checked the
+// credentials and refused them: the failure that, repeated, locks an
+// account, and the one expect_auth_rejected expects.
+func (r Reason) RefusesCredentials() bool {
+	return r == ReasonAuthRejected || r == ReasonTokenRejected
+}
+
+// HoldsLogins reports a reason after which further logins of the account
+// wait for auth_failure_backoff: a refusal of the credentials, or the server
+// asking for fewer attempts.
+func (r Reason) HoldsLogins() bool {
+	return r.RefusesCredentials() || r == ReasonAuthThrottled || r == ReasonAuthTemporaryFailure
+}
 
 // PhaseResult is what one phase of the conversation did.
 type PhaseResult struct {
