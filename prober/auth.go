@@ -22,9 +22,10 @@ type saslMechanism interface {
 var errUnexpectedChallenge = errors.New("unexpected extra challenge from server")
 
 // saslFailure is a mechanism's verdict that ends an exchange with a reason
-// of its own. With answer set, the answer is sent so that the server can
-// give its final reply (a refused OAuth token, a SCRAM server error);
-// without, the exchange is cancelled with "*".
+// of its own, or with "" when the mechanism cannot tell and the final reply
+// decides (authFailureReason). With answer set, the answer is sent so that
+// the server can give its final reply (a refused OAuth token, a SCRAM server
+// error); without, the exchange is cancelled with "*".
 type saslFailure struct {
 	reason Reason
 	answer []byte

@@ -319,9 +319,11 @@ func (a *oauthAuth) Next(challenge []byte) ([]byte, error) {
 	}
 	oe := &oauthError{}
 	var raw map[string]any
+	var verdict Reason
 	if err := json.Unmarshal(challenge, &raw); err != nil {
 		oe.Status = "unparsable error challenge"
 	} else {
+		verdict = oauthStatusReason(jsonString(raw["status"]))
 		oe.Status = printable(jsonString(raw["status"]), 32)
 		oe.Scope = printable(jsonString(raw["scope"]), 200)
 		oe.Schemes = printable(jsonString(raw["schemes"]), 64)
@@ -330,7 +332,8 @@ func (a *oauthAuth) Next(challenge []byte) ([]byte, error) {
 	if a.name == config.MechanismOAUTHBEARER {
 		dummy = []byte{0x01}
 	}
-	return nil, &saslFailure{reason: ReasonTokenRejected, answer: dummy, err: oe}
+	// Without a status the final reply decides (a 535 is token_rejected).
+	return nil, &saslFailure{reason: verdict, answer: dummy, err: oe}
 }
 
 // jsonString renders a JSON value given as a string or a number ("status":

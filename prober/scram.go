@@ -211,10 +211,11 @@ func (a *scramAuth) complete() error {
 	return nil
 }
 
-// scramRejected is a server-error ("e=invalid-proof"): the server refused
-// the credentials. The empty answer lets it finish with its final reply.
+// scramRejected is a server-error ("e=invalid-proof"), classified by
+// scramErrorReason. The empty answer lets the server finish with its final
+// reply.
 func scramRejected(value string) error {
-	return &saslFailure{reason: ReasonAuthRejected, answer: []byte{}, err: &scramServerError{value: printable(value, 64)}}
+	return &saslFailure{reason: scramErrorReason(value), answer: []byte{}, err: &scramServerError{value: printable(value, 64)}}
 }
 
 func (a *scramAuth) hmac(key, data []byte) []byte {

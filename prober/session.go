@@ -24,7 +24,9 @@ const (
 // auth logs in. Nothing is sent on an unencrypted session unless the module
 // says allow_plaintext_auth, nor when the server offers no mechanism we can
 // use. With expect_auth_rejected the outcome is turned around: a refusal of
-// the credentials is the success.
+// the credentials (Reason.RefusesCredentials) is the success; any other
+// refusal fails the probe with its own reason, since it proves nothing
+// about the credentials.
 func (p *probe) auth() bool {
 	a := p.smtp.Auth
 	start := p.begin(PhaseAuth)
@@ -58,7 +60,7 @@ func (p *probe) auth() bool {
 	rep, err := p.saslExchange(mech, a.Username)
 	p.finish(PhaseAuth, start, rep)
 	if err != nil {
-		reason := p.authFailureReason(err)
+		reason := p.authFailureReason(err, rep)
 		var oe *oauthError
 		if errors.As(err, &oe) {
 			p.logger.Warn("Server refused the bearer token", "status", oe.Status, "scope", oe.Scope, "schemes", oe.Schemes)
@@ -66,7 +68,12 @@ func (p *probe) auth() bool {
 		if reason == ReasonTokenRejected && p.oauth != nil {
 			oauthTokens.forget(p.ctx, p.oauth.key, p.token)
 		}
-		if p.smtp.ExpectAuthRejected && (reason == ReasonAuthRejected || reason == ReasonTokenRejected) {
+		if rep != nil && rep.Code == 421 {
+			// The server closes the session after a 421, throttling or
+			// not: no QUIT.
+			p.broken = true
+		}
+		if p.smtp.ExpectAuthRejected && reason.RefusesCredentials() {
 			p.tr.note("AUTH refused, as expect_auth_rejected requires")
 			p.logger.Info("Authentication refused, as expected", "reason", reason, "err", err)
 			return true
@@ -79,47 +86,6 @@ func (p *probe) auth() bool {
 			errors.New("the server accepted credentials that expect_auth_rejected says must be refused"))
 	}
 	return true
-}
-
-// authFailureReason classifies a failed exchange: a mechanism's own
-// verdict, the final reply, or an I/O error. A refusal of a bearer token is
-// token_rejected, whether or not the server sent its JSON error first.
-func (p *probe) authFailureReason(err error) Reason {
-	var re *ReplyError
-	var sf *saslFailure
-	switch {
-	case errors.As(err, &re) && re.Code == 421:
-		return ReasonServiceUnavailable
-	case errors.As(err, &sf):
-		if re != nil && re.Temporary() {
-			return ReasonAuthTemporaryFailure
-		}
-		return sf.reason
-	case re != nil:
-		reason := authReason(re.Code)
-		if reason == ReasonAuthRejected && p.token != "" {
-			return ReasonTokenRejected
-		}
-		return reason
-	}
-	return p.ioReason(err)
-}
-
-// authReason maps the final reply of a failed AUTH.
-func authReason(code int) Reason {
-	switch {
-	case code == 504:
-		return ReasonMechanismUnavailable
-	case code >= 500 && code <= 503:
-		// Syntax and sequence errors: the server did not judge the
-		// credentials.
-		return ReasonUnexpectedReply
-	case code >= 500:
-		return ReasonAuthRejected
-	case code >= 400:
-		return ReasonAuthTemporaryFailure
-	}
-	return ReasonUnexpectedReply
 }
 
 // saslExchange runs AUTH to its final reply. Every response is registered
