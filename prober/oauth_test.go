@@ -61,6 +61,12 @@ type bearerServer struct {
 	// refuseAtOnce answers a bad token with 535 without the JSON error, as
 	// Microsoft 365 does.
 	refuseAtOnce bool
+	// errorJSON is the JSON error sent for a bad token; default Google's
+	// {"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}.
+	errorJSON string
+	// finalReply ends a refused exchange; default "535 5.7.8 Username and
+	// Password not accepted".
+	finalReply string
 
 	mu      sync.Mutex
 	valid   map[string]bool
@@ -142,6 +148,9 @@ func (b *bearerServer) auth(c *smtptest.Conn, arg string) bool {
 	}
 	if !b.refuseAtOnce {
 		detail, _ := json.Marshal(map[string]string{"status": "401", "schemes": "bearer", "scope": "https://mail.google.com/"})
+		if b.errorJSON != "" {
+			detail = []byte(b.errorJSON)
+		}
 		if c.WriteLine("334 "+base64.StdEncoding.EncodeToString(detail)) != nil {
 			return false
 		}
@@ -152,6 +161,9 @@ func (b *bearerServer) auth(c *smtptest.Conn, arg string) bool {
 		b.mu.Lock()
 		b.dummies = append(b.dummies, dummy)
 		b.mu.Unlock()
+	}
+	if b.finalReply != "" {
+		return c.WriteLine(b.finalReply) == nil
 	}
 	return c.WriteLine("535 5.7.8 Username and Password not accepted") == nil
 }
@@ -322,6 +334,77 @@ func TestProbeBearerTokenRejected(t *testing.T) {
 				t.Errorf("the decoded JSON error is not logged:\n%s", log)
 			}
 			assertNoSecrets(t, r, log, "expired-token-leak-canary")
+		})
+	}
+}
+
+// Only an invalid token is token_rejected: the JSON error's status decides
+// over the final 5xx (Google ends every refusal with 535 5.7.8), a
+// throttling or 4xx final reply over the status, and without a status the
+// final reply decides. expect_auth_rejected accepts only token_rejected.
+func TestProbeBearerRefusalReasons(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name       string
+		mechanism  string
+		errorJSON  string // "" for Google's 401; "-" for none (refused at once)
+		finalReply string // "" for 535 5.7.8
+		reason     Reason
+		code       int
+		enhanced   string
+	}{
+		{name: "Google 401", mechanism: "XOAUTH2",
+			reason: ReasonTokenRejected, code: 535, enhanced: "5.7.8"},
+		{name: "status as a number", mechanism: "XOAUTH2", errorJSON: `{"status":401,"schemes":"bearer"}`,
+			reason: ReasonTokenRejected, code: 535, enhanced: "5.7.8"},
+		{name: "RFC 7628 invalid_token", mechanism: "OAUTHBEARER", errorJSON: `{"status":"invalid_token","scope":"mail"}`,
+			reason: ReasonTokenRejected, code: 535, enhanced: "5.7.8"},
+		{name: "Google 400", mechanism: "XOAUTH2", errorJSON: `{"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"}`,
+			reason: ReasonAuthRefused, code: 535, enhanced: "5.7.8"},
+		{name: "insufficient scope", mechanism: "OAUTHBEARER", errorJSON: `{"status":"insufficient_scope","scope":"https://outlook.office.com/SMTP.Send"}`,
+			reason: ReasonAuthRefused, code: 535, enhanced: "5.7.8"},
+		{name: "no status", mechanism: "XOAUTH2", errorJSON: `{"schemes":"bearer"}`,
+			reason: ReasonTokenRejected, code: 535, enhanced: "5.7.8"},
+		{name: "not JSON", mechanism: "XOAUTH2", errorJSON: `token expired`,
+			reason: ReasonTokenRejected, code: 535, enhanced: "5.7.8"},
+		{name: "401, then too many attempts", mechanism: "XOAUTH2", finalReply: "454 4.7.0 Too many login attempts, please try again later",
+			reason: ReasonAuthThrottled, code: 454, enhanced: "4.7.0"},
+		{name: "401, then 454", mechanism: "OAUTHBEARER", finalReply: "454 4.7.0 Temporary authentication failure",
+			reason: ReasonAuthTemporaryFailure, code: 454, enhanced: "4.7.0"},
+		{name: "Microsoft 365 refused at once", mechanism: "XOAUTH2", errorJSON: "-", finalReply: "535 5.7.3 Authentication unsuccessful",
+			reason: ReasonTokenRejected, code: 535, enhanced: "5.7.3"},
+		{name: "Microsoft 365 SMTP AUTH off", mechanism: "XOAUTH2", errorJSON: "-",
+			finalReply: "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.",
+			reason:     ReasonAuthDisabled, code: 535, enhanced: "5.7.139"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tokenFile := writeFile(t, t.TempDir(), "token", "refused-token-leak-canary")
+			b := &bearerServer{user: testUser, errorJSON: tc.errorJSON, finalReply: tc.finalReply, refuseAtOnce: tc.errorJSON == "-"}
+			srv := newBearerServer(t, b)
+			auth := fmt.Sprintf("auth:\n  mechanism: %s\n  username: %s\n  token_file: %q", tc.mechanism, testUser, tokenFile)
+			for _, expectRejected := range []bool{false, true} {
+				lines := auth
+				if expectRejected {
+					lines += "\nexpect_auth_rejected: true"
+				}
+				r, log := runProbe(t, srv.Addr(), loadAuthModule(t, lines))
+				if expectRejected && tc.reason == ReasonTokenRejected {
+					requireSuccess(t, r, log)
+				} else {
+					requireFailure(t, r, PhaseAuth, tc.reason)
+				}
+				if a := phaseOf(t, r, PhaseAuth); a.Code != tc.code || a.Enhanced != tc.enhanced {
+					t.Errorf("expect_auth_rejected %v: auth phase %+v, want code %d enhanced %q", expectRejected, a, tc.code, tc.enhanced)
+				}
+				if q := phaseOf(t, r, PhaseQuit); q.Code != 221 {
+					t.Errorf("no QUIT after the refusal: %+v", q)
+				}
+				assertNoSecrets(t, r, log, "refused-token-leak-canary")
+			}
+			if n := len(b.tokens()); n != 2 {
+				t.Errorf("server saw %d tokens, want 2", n)
+			}
 		})
 	}
 }

@@ -92,6 +92,8 @@ func TestSCRAMRefusesBadServerMessages(t *testing.T) {
 		{"repeated attribute", "r=" + nonce + "x,r=" + nonce + "y,s=" + salt + ",i=4096", "", "repeated"},
 		{"garbage", "hello world", "", "malformed"},
 		{"server error", "e=unknown-user", ReasonAuthRejected, "unknown-user"},
+		{"server error, not about the credentials", "e=other-error", ReasonAuthRefused, "other-error"},
+		{"server error, no resources", "e=no-resources", ReasonAuthTemporaryFailure, "no-resources"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := newSCRAM(config.MechanismSCRAMSHA256, "user", "pencil", func(string) {})
@@ -145,6 +147,12 @@ type scramServer struct {
 	// server-error and then 535 (RFC 5802), "" answers 535 at once (as
 	// Dovecot does).
 	invalidProof string
+	// serverError is the e= value sent for a wrong proof with invalidProof
+	// "e"; default "invalid-proof".
+	serverError string
+	// finalReply ends a refused exchange; default "535 5.7.8 Error:
+	// authentication failed".
+	finalReply   string
 	badSignature bool // send a server-final that does not verify
 	skipFinal    bool // answer 235 without a server-final message
 	mechanisms   string
@@ -229,7 +237,11 @@ func (s *scramServer) auth(c *smtptest.Conn, arg string) bool {
 	s.mu.Unlock()
 	if !valid {
 		if s.invalidProof == "e" {
-			if c.WriteLine("334 "+base64.StdEncoding.EncodeToString([]byte("e=invalid-proof"))) != nil {
+			e := s.serverError
+			if e == "" {
+				e = "invalid-proof"
+			}
+			if c.WriteLine("334 "+base64.StdEncoding.EncodeToString([]byte("e="+e))) != nil {
 				return false
 			}
 			answer, err := c.ReadLine()
@@ -239,6 +251,9 @@ func (s *scramServer) auth(c *smtptest.Conn, arg string) bool {
 			s.mu.Lock()
 			s.extra = append(s.extra, answer)
 			s.mu.Unlock()
+		}
+		if s.finalReply != "" {
+			return c.WriteLine(s.finalReply) == nil
 		}
 		return c.WriteLine("535 5.7.8 Error: authentication failed") == nil
 	}
@@ -326,6 +341,28 @@ func TestProbeSCRAMFailures(t *testing.T) {
 			reason: ReasonAuthRejected, code: 535, answer: "-"},
 		{name: "wrong password, server-error first", server: &scramServer{invalidProof: "e"}, password: "wrong-password",
 			reason: ReasonAuthRejected, code: 535, answer: ""},
+		// The server-error decides over the final 5xx, which is the same
+		// whatever went wrong; a throttling or 4xx final reply decides over
+		// the server-error.
+		{name: "unknown user", server: &scramServer{invalidProof: "e", serverError: "unknown-user"}, password: "wrong-password",
+			reason: ReasonAuthRejected, code: 535, answer: ""},
+		{name: "other-error", server: &scramServer{invalidProof: "e", serverError: "other-error"}, password: "wrong-password",
+			reason: ReasonAuthRefused, code: 535, answer: ""},
+		{name: "channel binding", server: &scramServer{invalidProof: "e", serverError: "channel-bindings-dont-match"}, password: "wrong-password",
+			reason: ReasonAuthRefused, code: 535, answer: ""},
+		{name: "unknown server-error", server: &scramServer{invalidProof: "e", serverError: "no-such-error"}, password: "wrong-password",
+			reason: ReasonAuthRefused, code: 535, answer: ""},
+		{name: "no-resources", server: &scramServer{invalidProof: "e", serverError: "no-resources"}, password: "wrong-password",
+			reason: ReasonAuthTemporaryFailure, code: 535, answer: ""},
+		{name: "invalid-proof, then too many attempts", password: "wrong-password",
+			server: &scramServer{invalidProof: "e", finalReply: "454 4.7.0 Too many login attempts, please try again later"},
+			reason: ReasonAuthThrottled, code: 454, answer: ""},
+		{name: "invalid-proof, then 454", password: "wrong-password",
+			server: &scramServer{invalidProof: "e", finalReply: "454 4.7.0 Temporary authentication failure"},
+			reason: ReasonAuthTemporaryFailure, code: 454, answer: ""},
+		{name: "wrong password, 538 at once", password: "wrong-password",
+			server: &scramServer{finalReply: "538 5.7.11 Encryption required for requested authentication mechanism"},
+			reason: ReasonAuthEncryptionRequired, code: 538, answer: "-"},
 		{name: "server signature wrong", server: &scramServer{badSignature: true},
 			reason: ReasonServerSignature, code: 334, answer: "*"},
 		{name: "no server signature", server: &scramServer{skipFinal: true},
