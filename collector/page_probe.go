@@ -363,14 +363,14 @@ var reasonMeaning = map[prober.Reason]string{
 	prober.ReasonTLSHandshake:         "The TLS handshake failed for a reason other than the certificate.",
 	prober.ReasonCertificate:          "The certificate did not verify (expired, wrong name, unknown authority), or in setup a tls_config file could not be loaded.",
 	prober.ReasonProtocolError:        "The server's reply was malformed: bad code, over-long line, too many lines or a bad challenge.",
-	prober.ReasonServiceUnavailable:   "The server answered 421, or refused the greeting with 554.",
+	prober.ReasonServiceUnavailable:   "The server answered 421 (in AUTH, one that does not speak of limits), or refused the greeting with 554.",
 	prober.ReasonUnexpectedReply:      "The server sent a reply code this phase does not accept.",
 	prober.ReasonStartTLSUnavailable:  "The module wants STARTTLS, but the server does not advertise it.",
 	prober.ReasonAuthUnavailable:      "The server advertises no AUTH at all.",
 	prober.ReasonMechanismUnavailable: "The configured AUTH mechanism (for auto: any supported one) is not advertised.",
 	prober.ReasonPlaintextAuthRefused: "AUTH would have run on an unencrypted session and allow_plaintext_auth is off; nothing was sent.",
-	prober.ReasonAuthRejected:         "The server refused the credentials with a 5xx reply (535 5.7.8: wrong username or password).",
-	prober.ReasonAuthTemporaryFailure: "AUTH failed with a 4xx reply: a temporary failure on the server's side.",
+	prober.ReasonAuthRejected:         "The server checked the credentials and refused them (535, 5.7.8, SCRAM invalid-proof): wrong username or password, or a locked account. Further logins wait for auth_failure_backoff.",
+	prober.ReasonAuthTemporaryFailure: "AUTH failed with a 4xx reply (454 4.7.0): the server could not check the credentials now, often because its authentication backend is down. Further logins wait for auth_failure_backoff.",
 	prober.ReasonSenderRejected:       "The server refused MAIL FROM.",
 	prober.ReasonMessageTooLarge:      "The canary is larger than the SIZE the server advertises; nothing was sent.",
 	prober.ReasonRecipientRejected:    "The server refused a recipient with a 5xx reply (550 5.1.1: no such mailbox).",
@@ -378,9 +378,18 @@ var reasonMeaning = map[prober.Reason]string{
 	prober.ReasonMessageRejected:      "The server refused DATA with a 5xx reply, before or after the message.",
 	prober.ReasonMessageDeferred:      "The server deferred DATA with a 4xx reply.",
 
+	// Other replies to AUTH: throttling, and refusals that checked no
+	// credential.
+	prober.ReasonAuthThrottled:          "The server is limiting logins: a 421 to AUTH, or a reply saying too many attempts, a rate limit or throttling. Further logins wait for auth_failure_backoff; look for anything else logging in with this account too often.",
+	prober.ReasonAuthEncryptionRequired: "The server wants an encrypted session for this mechanism (538 5.7.11): use tls: starttls or implicit, or another mechanism. No credential was checked.",
+	prober.ReasonAuthMechanismTooWeak:   "The server refused the mechanism as too weak (534 5.7.9); at Google this means an application-specific password or OAuth is required. No credential was checked.",
+	prober.ReasonAuthBasicDisabled:      "Basic (password) authentication is disabled for submission (550 5.7.30): switch this module to OAuth (XOAUTH2/OAUTHBEARER). Microsoft 365 retires basic SMTP AUTH by default at the end of 2026.",
+	prober.ReasonAuthDisabled:           "SMTP AUTH is disabled for the tenant or the mailbox (5.7.139, Microsoft 365: SMTP AUTH switched off, security defaults or conditional access); an administrator must allow it. No credential was checked.",
+	prober.ReasonAuthRefused:            "The server refused AUTH with a 5xx that says nothing of the credentials: a policy refusal (network, account policy); no credential was checked.",
+
 	// Modern authentication and security posture checks.
 	prober.ReasonServerSignature:          "The SCRAM server did not prove that it knows the password: its signature was wrong.",
-	prober.ReasonTokenRejected:            "The server refused the OAuth bearer token.",
+	prober.ReasonTokenRejected:            "The server refused the OAuth bearer token (JSON error status 401 or invalid_token, or a 535): expired, revoked or issued for another account. Further logins wait for auth_failure_backoff.",
 	prober.ReasonTokenUnavailable:         "There was no token to log in with: token_file could not be read or the token endpoint failed.",
 	prober.ReasonAuthOfferedWithoutTLS:    "The server offers AUTH before TLS, and the module fails on that (fail_if_auth_offered_without_tls).",
 	prober.ReasonInsecureMechanism:        "The server offers, before TLS, a mechanism listed in the module's fail_if_mechanisms_offered.",
