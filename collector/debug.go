@@ -21,6 +21,10 @@ const (
 // metrics it returned and the module configuration it ran with.
 func (e *Entry) WriteDebug(w io.Writer) error {
 	var b strings.Builder
+	if e.Notice != "" {
+		b.WriteString(e.Notice)
+		b.WriteString("\n\n")
+	}
 	b.WriteString("Logs for the probe:\n")
 	b.WriteString(e.Log())
 	if e.Result != nil && len(e.Result.Transcript) > 0 {

@@ -20,8 +20,13 @@ import (
 	"github.com/smtp-exporter/smtp_exporter/prober"
 )
 
-// ProbeFunc runs one probe. prober.Probe is the real one; tests pass fakes.
-type ProbeFunc func(ctx context.Context, target string, module config.Module, probeID string, logger *slog.Logger) *prober.Result
+// ProbeFunc runs one probe of a resolved target. prober.ProbeTarget is the
+// real one; tests pass fakes.
+type ProbeFunc func(ctx context.Context, target prober.Target, module config.Module, probeID string, logger *slog.Logger) *prober.Result
+
+// ResolveFunc parses, resolves and checks a target. prober.Resolve is the
+// real one; tests that must not look names up pass their own.
+type ResolveFunc func(ctx context.Context, target string, smtp *config.SMTPProbe) prober.Target
 
 // scrapeTimeoutHeader is where Prometheus says how long it will wait.
 const scrapeTimeoutHeader = "X-Prometheus-Scrape-Timeout-Seconds"
@@ -51,19 +56,22 @@ type HandlerOpts struct {
 	// A probe over the limit gets 503 at once rather than waiting, since
 	// Prometheus would time it out anyway.
 	MaxConcurrent int
-	// Probe runs a probe; nil means prober.Probe.
+	// Probe runs a probe; nil means prober.ProbeTarget.
 	Probe ProbeFunc
+	// Resolve resolves targets; nil means prober.Resolve.
+	Resolve ResolveFunc
 	// Registerer receives the exporter's own metrics about probing (for
 	// /metrics, never in a /probe response); nil registers them nowhere.
 	Registerer prometheus.Registerer
-	// GuardLimit bounds the results kept for min_interval and
-	// auth_failure_backoff; 0 means DefaultGuardLimit.
-	GuardLimit int
+	// GateLimit bounds the results kept for min_interval; 0 means
+	// DefaultGateLimit.
+	GateLimit int
 }
 
-// Handler serves /probe: it checks the parameters, takes the module from the
-// live configuration, works out the timeout, runs the probe and returns its
-// metrics from a registry made for that probe. A failed probe is a 200 with
+// Handler serves /probe. A request flows one way: check the parameters,
+// snapshot the module, work out the timeout, resolve the target, ask the
+// gate for a result (a probe run now, or one that stands in for it), turn
+// it into the entry to show, answer. A failed probe is a 200 with
 // probe_success 0; 4xx answers only a bad request.
 type Handler struct {
 	config        *config.SafeConfig
@@ -72,18 +80,13 @@ type Handler struct {
 	timeoutOffset time.Duration
 	history       *History
 	probe         ProbeFunc
-	// guard shares concurrent probes of one module and target and keeps
-	// results for min_interval and auth_failure_backoff.
-	guard *guard
+	resolve       ResolveFunc
+	// gate decides whether a probe may log in now.
+	gate *gate
 	// modules caches each module's YAML and fingerprint.
 	modules moduleTexts
-	// slots is a semaphore of MaxConcurrent tokens, nil when unlimited.
-	// promhttp's MaxRequestsInFlight cannot do this: its handler is made
-	// per request here.
-	slots chan struct{}
 
 	moduleUnknown prometheus.Counter
-	inFlight      prometheus.Gauge
 	rejected      prometheus.Counter
 }
 
@@ -96,16 +99,12 @@ func NewHandler(opts HandlerOpts) *Handler {
 		timeoutOffset: opts.TimeoutOffset,
 		history:       opts.History,
 		probe:         opts.Probe,
-		guard:         newGuard(opts.GuardLimit),
+		resolve:       opts.Resolve,
+		gate:          newGate(opts.GateLimit, opts.MaxConcurrent),
 		moduleUnknown: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "smtp_exporter",
 			Name:      "module_unknown_total",
 			Help:      "Probe requests that named a module not in the configuration.",
-		}),
-		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: "smtp_exporter",
-			Name:      "probes_in_flight",
-			Help:      "Probes running now.",
 		}),
 		rejected: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "smtp_exporter",
@@ -123,13 +122,14 @@ func NewHandler(opts HandlerOpts) *Handler {
 		h.history = NewHistory(0)
 	}
 	if h.probe == nil {
-		h.probe = defaultProbe
+		h.probe = prober.ProbeTarget
 	}
-	if opts.MaxConcurrent > 0 {
-		h.slots = make(chan struct{}, opts.MaxConcurrent)
+	if h.resolve == nil {
+		h.resolve = prober.Resolve
 	}
 	if opts.Registerer != nil {
-		opts.Registerer.MustRegister(h.moduleUnknown, h.inFlight, h.rejected)
+		opts.Registerer.MustRegister(h.moduleUnknown, h.rejected)
+		opts.Registerer.MustRegister(h.gate.m.collectors()...)
 	}
 	return h
 }
@@ -173,24 +173,27 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	if !h.acquire() {
+	deadline := time.Now().Add(timeout)
+	// A probe runs to its own deadline and is not cancelled when the
+	// request that started it goes away, since others may be waiting for
+	// it.
+	probeCtx, cancel := context.WithDeadline(context.WithoutCancel(r.Context()), deadline)
+	defer cancel()
+	dest := h.resolve(probeCtx, target, &module.SMTP)
+	ans, err := h.gate.decide(r.Context(), h.gateRequest(module, moduleName, text, dest, deadline), func() *Entry {
+		entry := h.run(probeCtx, dest, target, moduleName, module, text, timeout)
+		h.history.Add(entry)
+		return entry
+	})
+	switch {
+	case errors.Is(err, errBusy):
 		h.rejected.Inc()
-		http.Error(w, fmt.Sprintf("too many probes in flight (limit %d), try again later", cap(h.slots)), http.StatusServiceUnavailable)
+		http.Error(w, fmt.Sprintf("too many probes in flight (limit %d), try again later", cap(h.gate.slots)), http.StatusServiceUnavailable)
 		return
+	case err != nil:
+		return // the request went away
 	}
-	res := func() guardResult {
-		defer h.release()
-		// A probe runs on its own deadline and is not cancelled when the
-		// request that started it goes away, since others may be waiting
-		// for it.
-		deadline := time.Now().Add(timeout)
-		return h.guard.do(r.Context(), deadline, guardKey(moduleName, target), h.guardPolicy(module, text), func() *Entry {
-			entry := h.run(context.WithoutCancel(r.Context()), target, moduleName, module, text, timeout)
-			h.history.Add(entry)
-			return entry
-		})
-	}()
-	entry := h.respond(res, target, moduleName, module, text, timeout)
+	entry := h.present(ans, target, moduleName, module, text, timeout)
 
 	if view == "html" {
 		writeProbePage(w, h.logger, entry)
@@ -205,7 +208,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// Another format, or a name[] filter: built from the same result, age
 	// included (0 for a probe run or shared now).
-	registry := h.registryFor(entry.Result, entry.Timeout, module, res.age)
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(h.collectorFor(entry.Result, entry.Timeout, module, entry.age))
 	promhttp.HandlerFor(registry, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}).ServeHTTP(w, r)
 }
 
@@ -231,25 +235,6 @@ func writeExposition(w http.ResponseWriter, r *http.Request, params url.Values, 
 	return true
 }
 
-func (h *Handler) acquire() bool {
-	if h.slots != nil {
-		select {
-		case h.slots <- struct{}{}:
-		default:
-			return false
-		}
-	}
-	h.inFlight.Inc()
-	return true
-}
-
-func (h *Handler) release() {
-	h.inFlight.Dec()
-	if h.slots != nil {
-		<-h.slots
-	}
-}
-
 // reusable reports whether a module's results can be returned again, and
 // so whether its responses carry probe_smtp_result_age_seconds: always the
 // same for a module, so that the series does not come and go.
@@ -267,81 +252,64 @@ func authBackoff(module config.Module) time.Duration {
 	return time.Duration(module.AuthFailureBackoff)
 }
 
-// guardPolicy describes the module to the guard. The credentials are read
-// afresh, so that a changed password file ends a hold.
-func (h *Handler) guardPolicy(module config.Module, text moduleText) guardPolicy {
-	p := guardPolicy{minInterval: time.Duration(module.MinInterval), backoff: authBackoff(module), fingerprint: text.fingerprint}
-	if p.backoff > 0 {
-		if sum, err := module.SMTP.Auth.CredentialHash(); err == nil {
-			p.credentials, p.hasCredentials = sum, true
+// gateRequest describes a request to the gate. The credentials are read
+// afresh, so that a changed password file ends a hold at once.
+func (h *Handler) gateRequest(module config.Module, moduleName string, text moduleText, dest prober.Target, deadline time.Time) gateRequest {
+	req := gateRequest{
+		key:         resultKey{module: moduleName, fingerprint: text.fingerprint, address: dest.Address()},
+		minInterval: time.Duration(module.MinInterval),
+		backoff:     authBackoff(module),
+		deadline:    deadline,
+	}
+	if req.backoff > 0 {
+		if sum, err := module.SMTP.Auth.Account(); err == nil {
+			req.account, req.hasAccount = sum, true
 		}
 	}
-	return p
+	return req
 }
 
-// respond turns what the guard returned into the entry to show. Only a probe run for
-// this request is in the history; the others say in their log where their
-// result came from.
-func (h *Handler) respond(res guardResult, target, moduleName string, module config.Module, text moduleText, timeout time.Duration) *Entry {
+// present turns the gate's answer into the entry to show. Only a probe run
+// for this request is in the history; an answer that stands in for one
+// says so at the top of its log, and in its age.
+func (h *Handler) present(ans Answer, target, moduleName string, module config.Module, text moduleText, timeout time.Duration) *Entry {
+	if ans.Provenance == Fresh {
+		return ans.Entry
+	}
+	now := time.Now()
 	log := h.logger.With("module", moduleName, "target", target)
-	if res.released != "" {
-		log.Info("Releasing the hold on logins after an authentication rejection", "why", res.released)
+	var entry Entry
+	switch {
+	case ans.Entry != nil:
+		entry = *ans.Entry
+	case ans.Provenance == Held:
+		entry = heldEntry(ans.Hold, moduleName, target, module, timeout, now)
+	default:
+		entry = abandonedEntry(moduleName, target, module, timeout, now)
+		log.Warn("Timed out waiting for a concurrent probe of the same module and address")
 	}
-	entry := res.entry
-	var note string
-	switch res.outcome {
-	case outcomeFresh:
-		return entry
-	case outcomeShared:
-		log.Debug("Returning the result of a concurrent probe of the same module and target", "probe_id", entry.ProbeID)
-		shared := *entry
-		shared.log = lazyLog(func() string {
-			return fmt.Sprintf("This request shared probe %s, which another request had started.\n%s", entry.ProbeID, entry.Log())
-		})
-		return &shared
-	case outcomeReused:
-		log.Debug("Returning the last result: min_interval has not passed", "probe_id", entry.ProbeID,
-			"age_seconds", res.age.Seconds(), "min_interval_seconds", time.Duration(module.MinInterval).Seconds())
-		note = fmt.Sprintf("Result of probe %s, %.1fs old, reused: the module's min_interval (%s) has not passed since it started.",
-			entry.ProbeID, res.age.Seconds(), module.MinInterval)
-	case outcomeHeld:
-		held := time.Duration(module.AuthFailureBackoff) - res.age
-		log.Warn("Login held after an authentication rejection; returning the rejection again",
-			"probe_id", entry.ProbeID, "age_seconds", res.age.Seconds(), "held_for_seconds", held.Seconds(),
-			"reason", string(entry.FailureReason))
-		note = fmt.Sprintf("Login held: probe %s, %.1fs ago, was refused (%s), and auth_failure_backoff (%s) holds further logins "+
-			"of this module to this target until it passes, the credentials change or the module's configuration changes. "+
-			"Its result is returned again.", entry.ProbeID, res.age.Seconds(), entry.FailureReason, module.AuthFailureBackoff)
-	case outcomeAbandoned:
-		return h.abandoned(target, moduleName, module, text, timeout)
+	entry.age = now.Sub(entry.Time)
+	entry.Provenance = ans.Provenance
+	entry.Notice = notice(ans, &entry, module, now)
+	switch ans.Provenance {
+	case Held:
+		log.Warn("Login held", "reason", string(ans.Hold.Reason), "refused_probe_id", ans.Hold.ProbeID,
+			"held_until", ans.Hold.Until.Format(time.RFC3339))
+	case Reused, Shared:
+		log.Debug("Answering with the result of another request's probe", "provenance", ans.Provenance.String(), "probe_id", entry.ProbeID)
 	}
-	reused := *entry
-	reused.log = fixedLog(note + "\nThe probe's own log is on /logs?id=" + strconv.FormatUint(entry.ID, 10) + " while the history keeps it.\n")
-	reused.Metrics = h.exposition(h.collectorFor(entry.Result, entry.Timeout, module, res.age), log)
-	reused.ModuleConfig = text.yaml
-	return &reused
-}
-
-// abandoned is the result for a request whose deadline passed while it
-// waited for another request's probe.
-func (h *Handler) abandoned(target, moduleName string, module config.Module, text moduleText, timeout time.Duration) *Entry {
-	result := &prober.Result{
-		Duration:  timeout,
-		SizeLimit: -1,
-		Failure: &prober.Failure{Phase: prober.PhaseSetup, Reason: prober.ReasonTimeout,
-			Err: errors.New("timed out waiting for a concurrent probe of the same module and target")},
+	if ans.Provenance == Shared && ans.Entry != nil {
+		// The same probe: the same log, metrics and configuration.
+		entry.age = 0
+		return &entry
 	}
-	for _, ph := range prober.PlannedPhases(module) {
-		result.Phases = append(result.Phases, prober.PhaseResult{Phase: ph})
+	entry.log = fixedLog(entry.Notice + "\n")
+	if entry.ID != 0 {
+		entry.log = fixedLog(entry.Notice + "\nThe probe's own log is on /logs?id=" + strconv.FormatUint(entry.ID, 10) + " while the history keeps it.\n")
 	}
-	entry := &Entry{
-		Time: time.Now().Add(-timeout), Module: moduleName, Target: target, Timeout: timeout,
-		Duration: timeout, FailurePhase: prober.PhaseSetup, FailureReason: prober.ReasonTimeout, Result: result,
-		log:          fixedLog("Timed out waiting for a concurrent probe of the same module and target.\n"),
-		ModuleConfig: text.yaml,
-	}
-	entry.Metrics = h.exposition(h.collectorFor(result, timeout, module, 0), h.logger)
-	return entry
+	entry.Metrics = h.exposition(h.collectorFor(entry.Result, entry.Timeout, module, entry.age), log)
+	entry.ModuleConfig = text.yaml
+	return &entry
 }
 
 // collectorFor returns the collector of the metrics of result.
@@ -350,13 +318,6 @@ func (h *Handler) collectorFor(result *prober.Result, timeout time.Duration, mod
 		return NewWithAge(result, timeout, age)
 	}
 	return New(result, timeout)
-}
-
-// registryFor returns a registry with the metrics of result.
-func (h *Handler) registryFor(result *prober.Result, timeout time.Duration, module config.Module, age time.Duration) *prometheus.Registry {
-	registry := prometheus.NewRegistry()
-	registry.MustRegister(h.collectorFor(result, timeout, module, age))
-	return registry
 }
 
 // exposition renders the metrics of c in the text format, for the history
@@ -370,7 +331,7 @@ func (h *Handler) exposition(c prometheus.Collector, log *slog.Logger) string {
 }
 
 // run probes target and returns the history entry.
-func (h *Handler) run(ctx context.Context, target, moduleName string, module config.Module, text moduleText, timeout time.Duration) *Entry {
+func (h *Handler) run(ctx context.Context, dest prober.Target, target, moduleName string, module config.Module, text moduleText, timeout time.Duration) *Entry {
 	id, probeID := h.history.newID()
 	plog := newProbeLog(h.logger, h.probeLogLevel, DefaultProbeLogLimit,
 		"module", moduleName, "target", target, "probe_id", probeID)
@@ -379,11 +340,9 @@ func (h *Handler) run(ctx context.Context, target, moduleName string, module con
 		"timeout_seconds", timeout.Seconds())
 	plog.main.Log(ctx, h.probeLogLevel, "Beginning probe", "timeout_seconds", timeout.Seconds())
 
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	start := time.Now()
-	result := h.runProbe(ctx, target, module, probeID, plog)
+	start := time.Now().Add(-dest.DNSLookupTime)
+	result := h.runProbe(ctx, dest, module, probeID, plog)
 	elapsed := time.Since(start)
-	cancel()
 	if result == nil {
 		plog.probe.Error("Prober returned no result")
 		result = &prober.Result{Duration: elapsed, SizeLimit: -1}
@@ -417,7 +376,7 @@ func (h *Handler) run(ctx context.Context, target, moduleName string, module con
 // runProbe calls the prober, turning a panic into a failed probe so that
 // one bad reply cannot leave a semaphore slot taken or kill the scrape
 // without a trace.
-func (h *Handler) runProbe(ctx context.Context, target string, module config.Module, probeID string, plog *probeLog) (result *prober.Result) {
+func (h *Handler) runProbe(ctx context.Context, target prober.Target, module config.Module, probeID string, plog *probeLog) (result *prober.Result) {
 	defer func() {
 		if p := recover(); p != nil {
 			plog.probe.Error("Prober panicked", "panic", fmt.Sprint(p))
@@ -488,7 +447,3 @@ func probeTimeout(header string, offset, moduleTimeout time.Duration) (time.Dura
 	}
 	return min(timeout, moduleTimeout), nil
 }
-
-// defaultProbe is the real prober; a variable so that the default is
-// visible where NewHandler applies it.
-var defaultProbe ProbeFunc = prober.Probe

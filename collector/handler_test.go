@@ -4,12 +4,15 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -74,10 +77,10 @@ type fakeProber struct {
 	result func() *prober.Result
 }
 
-func (f *fakeProber) probe(ctx context.Context, target string, module config.Module, probeID string, logger *slog.Logger) *prober.Result {
+func (f *fakeProber) probe(ctx context.Context, target prober.Target, module config.Module, probeID string, logger *slog.Logger) *prober.Result {
 	deadline, _ := ctx.Deadline()
 	f.mu.Lock()
-	f.calls = append(f.calls, probeCall{target: target, module: module, probeID: probeID, deadline: deadline, calledAt: time.Now()})
+	f.calls = append(f.calls, probeCall{target: target.Address(), module: module, probeID: probeID, deadline: deadline, calledAt: time.Now()})
 	f.mu.Unlock()
 	logger.Debug("Dialing", "addr", "127.0.0.1:587")
 	return f.result()
@@ -91,6 +94,24 @@ func (f *fakeProber) lastCall(t *testing.T) probeCall {
 		t.Fatal("the prober was not called")
 	}
 	return f.calls[len(f.calls)-1]
+}
+
+// resolveNames stands in for prober.Resolve where the prober is a fake:
+// IP addresses are resolved as the exporter does, host names stand for
+// themselves, so that these tests send no DNS queries.
+func resolveNames(ctx context.Context, target string, s *config.SMTPProbe) prober.Target {
+	host, port := target, s.EffectivePort()
+	if h, p, err := net.SplitHostPort(target); err == nil {
+		n, err := strconv.Atoi(p)
+		if err != nil {
+			return prober.Resolve(ctx, target, s)
+		}
+		host, port = h, n
+	}
+	if _, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return prober.Resolve(ctx, target, s)
+	}
+	return prober.Target{Host: host, Port: port}
 }
 
 type testEnv struct {
@@ -109,6 +130,9 @@ func newTestEnv(t *testing.T, opts HandlerOpts) *testEnv {
 	}
 	if opts.History == nil {
 		opts.History = NewHistory(10)
+	}
+	if opts.Probe != nil && opts.Resolve == nil {
+		opts.Resolve = resolveNames
 	}
 	opts.Logger = slog.New(slog.NewTextHandler(env.mainLog, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	opts.Registerer = env.reg
@@ -313,7 +337,7 @@ func TestProbeDeadline(t *testing.T) {
 func TestProbeSaturation(t *testing.T) {
 	entered := make(chan struct{})
 	release := make(chan struct{})
-	blocking := func(ctx context.Context, target string, module config.Module, probeID string, logger *slog.Logger) *prober.Result {
+	blocking := func(ctx context.Context, target prober.Target, module config.Module, probeID string, logger *slog.Logger) *prober.Result {
 		entered <- struct{}{}
 		select {
 		case <-release:
@@ -332,8 +356,20 @@ func TestProbeSaturation(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("first probe did not start")
 	}
-	if v := testutil.ToFloat64(env.handler.inFlight); v != 1 {
+	if v := testutil.ToFloat64(env.handler.gate.m.inFlight); v != 1 {
 		t.Errorf("in flight = %v, want 1", v)
+	}
+	// A request for the same module and address waits for that probe: it
+	// takes no slot and is not a probe in flight.
+	waiting := make(chan struct{})
+	env.handler.gate.waited = func() { close(waiting) }
+	joined := make(chan string, 1)
+	go func() {
+		joined <- env.get(t, env.handler, "target=A.example&module=relay", nil).Body.String()
+	}()
+	<-waiting
+	if v := testutil.ToFloat64(env.handler.gate.m.inFlight); v != 1 {
+		t.Errorf("in flight with a waiting request = %v, want 1", v)
 	}
 
 	start := time.Now()
@@ -352,7 +388,10 @@ func TestProbeSaturation(t *testing.T) {
 	if code := <-first; code != http.StatusOK {
 		t.Errorf("first probe: status %d", code)
 	}
-	if v := testutil.ToFloat64(env.handler.inFlight); v != 0 {
+	if body := <-joined; !strings.Contains(body, "probe_success 1\n") {
+		t.Errorf("the waiting request got:\n%s", body)
+	}
+	if v := testutil.ToFloat64(env.handler.gate.m.inFlight); v != 0 {
 		t.Errorf("in flight after = %v, want 0", v)
 	}
 	// The slot is free again.
@@ -364,7 +403,7 @@ func TestProbeSaturation(t *testing.T) {
 
 func TestProberPanicReleasesSlot(t *testing.T) {
 	calls := 0
-	panicking := func(context.Context, string, config.Module, string, *slog.Logger) *prober.Result {
+	panicking := func(context.Context, prober.Target, config.Module, string, *slog.Logger) *prober.Result {
 		calls++
 		panic("bad reply")
 	}

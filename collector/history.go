@@ -43,6 +43,14 @@ type Entry struct {
 	// Result is the prober's finding, its transcript bounded; nil if the
 	// prober returned none.
 	Result *prober.Result
+
+	// Notice says, for a result that answers a request other than the one
+	// that ran its probe, where it came from (shared, reused, held), when
+	// the login last ran and when the next may run; "" for a probe run for
+	// the request. age is how long before the answer the probe started.
+	Provenance Provenance
+	Notice     string
+	age        time.Duration
 }
 
 // Log returns the probe's log as text.

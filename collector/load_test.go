@@ -156,9 +156,9 @@ func TestLoad(t *testing.T) {
 		}()
 	}
 	full := time.Now().Add(20 * time.Second)
-	for testutil.ToFloat64(handler.inFlight) < float64(probes) {
+	for testutil.ToFloat64(handler.gate.m.inFlight) < float64(probes) {
 		if time.Now().After(full) {
-			t.Fatalf("only %v of %d probes in flight after 20s", testutil.ToFloat64(handler.inFlight), probes)
+			t.Fatalf("only %v of %d probes in flight after 20s", testutil.ToFloat64(handler.gate.m.inFlight), probes)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -179,7 +179,7 @@ func TestLoad(t *testing.T) {
 
 	// The exporter's own endpoints stay responsive while the probes wait.
 	var slowestMetrics, slowestHealthy time.Duration
-	for testutil.ToFloat64(handler.inFlight) > 0 && time.Since(loadStart) < loadTimeout+10*time.Second {
+	for testutil.ToFloat64(handler.gate.m.inFlight) > 0 && time.Since(loadStart) < loadTimeout+10*time.Second {
 		for path, slowest := range map[string]*time.Duration{"/metrics": &slowestMetrics, "/-/healthy": &slowestHealthy} {
 			o := get(path)
 			if o.err != nil || o.status != http.StatusOK {

@@ -2,14 +2,17 @@ package collector
 
 import (
 	"crypto/sha256"
+	"fmt"
 	"sync"
 
 	"github.com/smtp-exporter/smtp_exporter/config"
 )
 
 // moduleText is what the handler derives from a module's configuration for
-// every request: the YAML kept with each probe in the history, and its
-// SHA-256, the guard's fingerprint of the module. Marshalling a module cost
+// every request: the YAML kept with each probe in the history, and the
+// gate's fingerprint of the module: a SHA-256 of that YAML and of the
+// secrets it shows as <secret>, so that a changed inline password ends the
+// reuse of results at once. Marshalling a module cost
 // more than all the rest of the handler's work for a probe; it only changes
 // with a reload.
 type moduleText struct {
@@ -56,5 +59,13 @@ func newModuleText(module config.Module) moduleText {
 	if err != nil {
 		return moduleText{yaml: "error rendering the module: " + err.Error() + "\n"}
 	}
-	return moduleText{yaml: string(yaml), fingerprint: sha256.Sum256(yaml)}
+	h := sha256.New()
+	h.Write(yaml)
+	for _, secret := range module.InlineSecrets() {
+		// Length-prefixed, so that moving text between secrets changes the sum.
+		fmt.Fprintf(h, "\x00%d:%s", len(secret), secret)
+	}
+	text := moduleText{yaml: string(yaml)}
+	h.Sum(text.fingerprint[:0])
+	return text
 }

@@ -31,13 +31,15 @@ func benchResult(b *testing.B) *prober.Result {
 	if err != nil {
 		b.Fatal(err)
 	}
-	r := successResult(&tls.ConnectionState{
-		Version:          tls.VersionTLS13,
-		CipherSuite:      tls.TLS_AES_128_GCM_SHA256,
-		PeerCertificates: []*x509.Certificate{leaf},
-		VerifiedChains:   [][]*x509.Certificate{{leaf, certs.CA}},
+	r := successResult(&tlsFixture{
+		session: &prober.TLSSession{
+			Version:         tls.VersionTLS13,
+			CipherSuite:     tls.TLS_AES_128_GCM_SHA256,
+			Verified:        true,
+			LastChainExpiry: leaf.NotAfter,
+		},
+		certs: []prober.Certificate{certificateSummary(leaf)},
 	})
-	r.PeerCertificates = r.TLS.PeerCertificates
 	for i, line := range []string{
 		"220 mx.example.net ESMTP", "EHLO localhost", "250-mx.example.net", "250-PIPELINING", "250-SIZE 10240000",
 		"250-STARTTLS", "250 8BITMIME", "STARTTLS", "220 2.0.0 Ready to start TLS", "EHLO localhost",
@@ -92,7 +94,7 @@ func BenchmarkRenderMetrics(b *testing.B) {
 }
 
 // BenchmarkProbeHandler serves /probe requests. "canned result" measures
-// everything the exporter does around a probe (parameters, guard, probe
+// everything the exporter does around a probe (parameters, gate, probe
 // log, history entry, metrics for the history and for the response) with a
 // prober that returns at once; "1000 modules" does the same with a thousand
 // modules configured, which must cost the same; "session" runs the real
@@ -119,7 +121,7 @@ func BenchmarkProbeHandler(b *testing.B) {
 		}
 	}
 	result := benchResult(b)
-	fake := func(ctx context.Context, target string, module config.Module, probeID string, logger *slog.Logger) *prober.Result {
+	fake := func(ctx context.Context, target prober.Target, module config.Module, probeID string, logger *slog.Logger) *prober.Result {
 		logger.Debug("Phase done", "phase", "connect")
 		return result
 	}

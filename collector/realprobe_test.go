@@ -30,8 +30,11 @@ func TestRealProbe(t *testing.T) {
 	})
 	caFile := smtptest.Certs().WriteCAFile(t)
 	module := func(mech string) string {
+		// One account in three modules: without auth_failure_backoff 0s
+		// the first refusal would hold the other modules' logins.
 		return `
     timeout: 5s
+    auth_failure_backoff: 0s
     smtp:
       tls: starttls
       preferred_ip_protocol: ip4

@@ -105,10 +105,11 @@ modules:
 	}
 }
 
-// The hash changes when any secret the module logs in with changes, so that
-// the hold after a rejection ends with a new password, and it is not the
+// The account key changes when the identity or any secret the module logs
+// in with changes, so that the hold after a rejection ends with a new
+// password, is the same for two modules of one account, and is not the
 // secret itself.
-func TestCredentialHash(t *testing.T) {
+func TestAccount(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, content string) string {
 		t.Helper()
@@ -125,7 +126,7 @@ func TestCredentialHash(t *testing.T) {
 
 	hash := func(a *Auth) [32]byte {
 		t.Helper()
-		h, err := a.CredentialHash()
+		h, err := a.Account()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -157,7 +158,16 @@ func TestCredentialHash(t *testing.T) {
 	if hash(&Auth{Password: "x"}) == hash(&Auth{TokenFile: write("x", "x")}) {
 		t.Error("a password and a token with the same text hash alike")
 	}
-	if _, err := (&Auth{PasswordFile: filepath.Join(dir, "missing")}).CredentialHash(); err == nil {
+	if hash(&Auth{Username: "a", Password: "x"}) == hash(&Auth{Username: "b", Password: "x"}) {
+		t.Error("two usernames with one password are one account")
+	}
+	if hash(&Auth{Username: "a", Password: "x", Mechanism: "PLAIN"}) != hash(&Auth{Username: "a", PasswordFile: write("a", "x\n"), Mechanism: "LOGIN"}) {
+		t.Error("one username and password, inline and from a file, with two mechanisms, are two accounts")
+	}
+	if hash(&Auth{Username: "a", OAuth2: &OAuth2{ClientID: "c1", ClientSecret: "s"}}) == hash(&Auth{Username: "a", OAuth2: &OAuth2{ClientID: "c2", ClientSecret: "s"}}) {
+		t.Error("two OAuth clients are one account")
+	}
+	if _, err := (&Auth{PasswordFile: filepath.Join(dir, "missing")}).Account(); err == nil {
 		t.Error("missing password file hashed without error")
 	}
 }

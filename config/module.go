@@ -235,17 +235,25 @@ func (o *OAuth2) ReadRefreshToken() (string, error) {
 	return readSecretFile(o.RefreshTokenFile)
 }
 
-// CredentialHash returns a SHA-256 digest of the secrets the module would log
-// in with now, read from their files afresh: the password, the token file,
-// or the client secret and refresh token. It tells whether credentials
-// changed without keeping them.
-func (a *Auth) CredentialHash() ([sha256.Size]byte, error) {
+// Account identifies the account the module logs in as, and the secrets
+// it would log in with now, read from their files afresh: the username (for
+// OAuth also the client and its token endpoint) and a SHA-256 of the
+// password, the token file, or the client secret and refresh token. Two
+// modules that log in as one account with one secret have the same
+// Account, whatever their other settings; a changed secret makes a new one.
+// It keeps no secret.
+func (a *Auth) Account() ([sha256.Size]byte, error) {
 	h := sha256.New()
 	write := func(s string) {
 		var n [8]byte
 		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
 		h.Write(n[:])
 		h.Write([]byte(s))
+	}
+	write(a.Username)
+	if o := a.OAuth2; o != nil {
+		write(o.ClientID)
+		write(o.TokenURL)
 	}
 	var parts []string
 	switch {
@@ -278,6 +286,20 @@ func (a *Auth) CredentialHash() ([sha256.Size]byte, error) {
 	var sum [sha256.Size]byte
 	h.Sum(sum[:0])
 	return sum, nil
+}
+
+// InlineSecrets returns the secrets written in the module itself, which its
+// marshalled form shows as <secret>: whoever tells two versions of a module
+// apart must see a changed inline password too.
+func (m *Module) InlineSecrets() []string {
+	secrets := []string{string(m.SMTP.TLSConfig.Key)}
+	if a := m.SMTP.Auth; a != nil {
+		secrets = append(secrets, string(a.Password))
+		if o := a.OAuth2; o != nil {
+			secrets = append(secrets, string(o.ClientSecret), string(o.TLSConfig.Key))
+		}
+	}
+	return secrets
 }
 
 // readSecretFile reads a secret from a file, dropping surrounding newlines.

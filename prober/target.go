@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/smtp-exporter/smtp_exporter/config"
 )
 
 // maxTargetLen bounds the target parameter: a DNS name of the longest
@@ -160,4 +162,59 @@ func resolve(ctx context.Context, host, preferred string, fallback bool) (netip.
 		return other, elapsed, nil
 	}
 	return netip.Addr{}, elapsed, fmt.Errorf("no %s address for %s", preferred, host)
+}
+
+// Target is a target parsed, resolved and checked against allowed_targets:
+// what a probe dials. Resolving before the probe lets the caller tell that
+// two spellings of a target ("localhost:2525", "[::ffff:127.0.0.1]:2525")
+// are one server before anything is sent to it.
+type Target struct {
+	// Host is the host as given, without a trailing dot; the TLS server
+	// name for a host name.
+	Host string
+	Port int
+	// IP is the address to dial; invalid when Failure is set.
+	IP            netip.Addr
+	DNSLookupTime time.Duration
+	// Failure says why the target cannot be dialled (phase setup: invalid,
+	// unresolvable or not allowed); nil when it can.
+	Failure *Failure
+}
+
+// Address is the address dialled in one spelling for every way of writing
+// it: the IP (IPv4-mapped IPv6 addresses as IPv4) and the port. Before a
+// target resolved it is the host name, lower-cased.
+func (t Target) Address() string {
+	if t.IP.IsValid() {
+		return netip.AddrPortFrom(t.IP, uint16(t.Port)).String()
+	}
+	return net.JoinHostPort(strings.ToLower(t.Host), strconv.Itoa(t.Port))
+}
+
+// Resolve parses target, looks it up and checks it against the module's
+// allowed_targets. It sends nothing to the target; a failure is in the
+// returned Target, for the probe to report in phase setup.
+func Resolve(ctx context.Context, target string, s *config.SMTPProbe) Target {
+	host, port, err := parseTarget(target, s.EffectivePort())
+	if err != nil {
+		return Target{Failure: &Failure{Phase: PhaseSetup, Reason: ReasonTargetInvalid, Err: err}}
+	}
+	t := Target{Host: host, Port: port}
+	ip, lookup, err := resolve(ctx, host, s.PreferredIPProtocol, s.IPProtocolFallback)
+	t.DNSLookupTime = lookup
+	if err != nil {
+		reason := ReasonDNS
+		if ctx.Err() != nil {
+			reason = ReasonTimeout
+		}
+		t.Failure = &Failure{Phase: PhaseSetup, Reason: reason, Err: err}
+		return t
+	}
+	if !s.AllowsHost(host, port) && !s.AllowsAddr(ip, port) {
+		t.Failure = &Failure{Phase: PhaseSetup, Reason: ReasonTargetNotAllowed,
+			Err: fmt.Errorf("target %s (%s) port %d is not in allowed_targets", host, ip, port)}
+		return t
+	}
+	t.IP = ip
+	return t
 }

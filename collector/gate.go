@@ -1,0 +1,478 @@
+package collector
+
+import (
+	"container/list"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/smtp-exporter/smtp_exporter/prober"
+)
+
+// DefaultGateLimit bounds the results the gate keeps for reuse and the
+// accounts it remembers, so that probes of arbitrary targets cannot grow
+// memory without bound.
+const DefaultGateLimit = 10000
+
+// Provenance says where the result answering a request came from.
+type Provenance int
+
+const (
+	// Fresh: a probe ran for this request.
+	Fresh Provenance = iota
+	// Shared: a probe of the same module and address was running; this
+	// request waited for its result.
+	Shared
+	// Reused: the module's min_interval had not passed since the last
+	// probe of the address; its result is returned again.
+	Reused
+	// Held: the account's last login was refused or throttled, and
+	// auth_failure_backoff holds further logins of that account.
+	Held
+)
+
+func (p Provenance) String() string {
+	switch p {
+	case Shared:
+		return "shared"
+	case Reused:
+		return "reused"
+	case Held:
+		return "held"
+	}
+	return "fresh"
+}
+
+// errBusy is returned when a probe would have to run and
+// --probe.max-concurrent probes already do.
+var errBusy = errors.New("too many probes in flight")
+
+// gateRequest is what the gate needs to know about one request.
+type gateRequest struct {
+	// key names the results that may stand in for each other: one module,
+	// as configured now, and one dialled address.
+	key resultKey
+	// account identifies the credentials; hasAccount is false for a module
+	// that takes no part in holds (no auth, auth_failure_backoff 0,
+	// expect_auth_rejected) or whose credentials cannot be read now (it
+	// fails in setup without logging in).
+	account    [sha256.Size]byte
+	hasAccount bool
+	// minInterval is the module's min_interval, backoff its
+	// auth_failure_backoff; 0 is off.
+	minInterval time.Duration
+	backoff     time.Duration
+	// deadline is when this request must answer.
+	deadline time.Time
+}
+
+type resultKey struct {
+	module      string
+	fingerprint [sha256.Size]byte
+	address     string
+}
+
+// Answer is the gate's decision for one request.
+type Answer struct {
+	// Entry is the probe whose result answers the request. It is nil for a
+	// held request of a module or address other than the one refused, and
+	// for a request whose deadline passed while it waited.
+	Entry      *Entry
+	Provenance Provenance
+	// Hold describes the hold of a Held answer.
+	Hold *Hold
+	// NextLogin is the earliest time a login may run for this request
+	// again; zero for no limit.
+	NextLogin time.Time
+}
+
+// Hold is a pause of an account's logins after a refusal or throttling.
+type Hold struct {
+	Reason prober.Reason
+	// Since is when the probe that was refused started; Until when the
+	// next login may run.
+	Since, Until time.Time
+	// Module, Target and ProbeID name that probe.
+	Module, Target, ProbeID string
+	// Code and Enhanced are the reply to its AUTH.
+	Code     int
+	Enhanced string
+	// Deciding is set when the hold has passed and another request's login
+	// is running: this request waits for that login's verdict.
+	Deciding bool
+}
+
+// gate decides whether a login may happen now. It stands between the
+// /probe handler and the prober, keyed by what a login costs rather than by
+// how the request spells it:
+//
+//   - Probes of one module and dialled address that run at the same time
+//     share one session. A request never receives a timeout produced under
+//     a shorter deadline than its own: it runs its own probe instead.
+//   - A result younger than the module's min_interval answers again, unless
+//     it is a timeout.
+//   - A login refused or throttled (prober.Reason.HoldsLogins) holds every
+//     login of that account, whatever the module and target, for the
+//     refused module's auth_failure_backoff. After the hold, one login
+//     decides: other requests of the account are held until it ends.
+//
+// Only a probe that runs takes a --probe.max-concurrent slot. Stored results
+// are bounded and slim; no secret is kept, only the account's SHA-256. It is
+// safe for concurrent use.
+type gate struct {
+	limit int
+	now   func() time.Time
+	// slots is a semaphore of --probe.max-concurrent tokens, nil when
+	// unlimited. promhttp's MaxRequestsInFlight cannot do this: the
+	// handler is made per request.
+	slots chan struct{}
+	m     gateMetrics
+	// waited, when set, is called as a request starts waiting for a
+	// running probe (tests synchronise on it).
+	waited func()
+
+	mu      sync.Mutex
+	flights map[resultKey]*flight
+	// stored maps a key to its element in lru, whose value is *storedResult;
+	// the front of lru is the most recently used.
+	stored   map[resultKey]*list.Element
+	lru      *list.List
+	accounts map[[sha256.Size]byte]*account
+	// lastSweep is when sweep last looked for expired results.
+	lastSweep time.Time
+}
+
+// gateMetrics are the exporter's own metrics about logins, for /metrics.
+type gateMetrics struct {
+	inFlight prometheus.Gauge
+	logins   *prometheus.CounterVec
+	held     *prometheus.CounterVec
+}
+
+func newGateMetrics() gateMetrics {
+	return gateMetrics{
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "smtp_exporter",
+			Name:      "probes_in_flight",
+			Help:      "Probes running now; requests waiting for another request's probe are not counted.",
+		}),
+		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "smtp_exporter",
+			Name:      "logins_total",
+			Help:      "Logins (AUTH commands) made by probes, by module and outcome: accepted, refused (credentials refused), throttled, failed (anything else).",
+		}, []string{"module", "outcome"}),
+		held: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "smtp_exporter",
+			Name:      "logins_held_total",
+			Help:      "Probe requests answered without a login because the account's logins were held, by module and the reason that started the hold.",
+		}, []string{"module", "reason"}),
+	}
+}
+
+func (m gateMetrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.inFlight, m.logins, m.held}
+}
+
+// flight is a probe running for one or more requests.
+type flight struct {
+	done  chan struct{}
+	entry *Entry // set before done is closed
+	// deadline is when the request that started the probe must answer;
+	// the probe ends by then.
+	deadline time.Time
+}
+
+// storedResult is the last result of a key, kept for min_interval.
+type storedResult struct {
+	key        resultKey
+	entry      *Entry
+	reuseUntil time.Time
+}
+
+// account is what the gate remembers of an account whose last login was
+// refused or throttled.
+type account struct {
+	hold Hold
+	// key and entry are the refused probe's, returned again to requests of
+	// the same key during the hold.
+	key   resultKey
+	entry *Entry
+	// deciding is set while a login runs after the hold ended.
+	deciding bool
+}
+
+func newGate(limit, maxConcurrent int) *gate {
+	if limit <= 0 {
+		limit = DefaultGateLimit
+	}
+	g := &gate{
+		limit:    limit,
+		now:      time.Now,
+		m:        newGateMetrics(),
+		flights:  map[resultKey]*flight{},
+		stored:   map[resultKey]*list.Element{},
+		lru:      list.New(),
+		accounts: map[[sha256.Size]byte]*account{},
+	}
+	if maxConcurrent > 0 {
+		g.slots = make(chan struct{}, maxConcurrent)
+	}
+	return g
+}
+
+// decide answers a request: with a hold, a stored result, the result of a
+// running probe of the same key, or that of run, which it calls when a login
+// may happen now. run must end by req.deadline. ctx (the request's) ends
+// any wait; errBusy says that a probe would have had to run and no slot was
+// free; ctx's error, that the request went away.
+func (g *gate) decide(ctx context.Context, req gateRequest, run func() *Entry) (Answer, error) {
+	// shorter is set once a probe that had less time than this request
+	// timed out: this request then runs its own rather than join another
+	// such probe.
+	shorter := false
+	for {
+		g.mu.Lock()
+		now := g.now()
+		g.sweep(now)
+		if ans, ok := g.lookup(req, now); ok {
+			g.mu.Unlock()
+			if ans.Provenance == Held {
+				g.m.held.WithLabelValues(req.key.module, string(ans.Hold.Reason)).Inc()
+			}
+			return ans, nil
+		}
+		if f, running := g.flights[req.key]; running && !(shorter && f.deadline.Before(req.deadline)) {
+			g.mu.Unlock()
+			ans, retry, err := g.wait(ctx, req, f)
+			if !retry {
+				return ans, err
+			}
+			shorter = true
+			continue
+		}
+		if g.slots != nil {
+			select {
+			case g.slots <- struct{}{}:
+			default:
+				g.mu.Unlock()
+				return Answer{}, errBusy
+			}
+		}
+		f := &flight{done: make(chan struct{}), deadline: req.deadline}
+		g.flights[req.key] = f
+		var decider *account
+		if req.hasAccount {
+			if a := g.accounts[req.account]; a != nil {
+				a.deciding, decider = true, a
+			}
+		}
+		g.mu.Unlock()
+		return Answer{Entry: g.fly(req, f, decider, run), Provenance: Fresh}, nil
+	}
+}
+
+// lookup finds an answer that needs no probe: a hold, or a result within
+// min_interval. g.mu must be held.
+func (g *gate) lookup(req gateRequest, now time.Time) (Answer, bool) {
+	if req.hasAccount {
+		if a := g.accounts[req.account]; a != nil {
+			switch {
+			case now.Before(a.hold.Until):
+				hold := a.hold
+				ans := Answer{Provenance: Held, Hold: &hold, NextLogin: hold.Until}
+				if a.key == req.key {
+					ans.Entry = a.entry
+				}
+				return ans, true
+			case a.deciding:
+				hold := a.hold
+				hold.Deciding = true
+				return Answer{Provenance: Held, Hold: &hold}, true
+			}
+		}
+	}
+	el, found := g.stored[req.key]
+	if !found {
+		return Answer{}, false
+	}
+	s := el.Value.(*storedResult)
+	if !now.Before(s.reuseUntil) {
+		g.remove(el)
+		return Answer{}, false
+	}
+	g.lru.MoveToFront(el)
+	return Answer{Entry: s.entry, Provenance: Reused, NextLogin: s.reuseUntil}, true
+}
+
+// wait waits for a running probe. retry is set when its result is a
+// timeout produced under a shorter deadline than this request's, which
+// then has time to run its own.
+func (g *gate) wait(ctx context.Context, req gateRequest, f *flight) (ans Answer, retry bool, err error) {
+	if g.waited != nil {
+		g.waited()
+	}
+	waitCtx := ctx
+	if req.deadline.Before(f.deadline) {
+		var cancel context.CancelFunc
+		waitCtx, cancel = context.WithDeadline(ctx, req.deadline)
+		defer cancel()
+	}
+	select {
+	case <-f.done:
+		if f.entry.FailureReason == prober.ReasonTimeout && f.deadline.Before(req.deadline) && time.Now().Before(req.deadline) {
+			return Answer{}, true, nil
+		}
+		return Answer{Entry: f.entry, Provenance: Shared}, false, nil
+	case <-waitCtx.Done():
+		if err := ctx.Err(); err != nil {
+			return Answer{}, false, err
+		}
+		// This request's own deadline passed first.
+		return Answer{Provenance: Shared}, false, nil
+	}
+}
+
+// fly runs the probe of flight f and records what it says about the
+// account and the key.
+func (g *gate) fly(req gateRequest, f *flight, decider *account, run func() *Entry) *Entry {
+	g.m.inFlight.Inc()
+	defer func() {
+		g.m.inFlight.Dec()
+		if g.slots != nil {
+			<-g.slots
+		}
+		g.mu.Lock()
+		if g.flights[req.key] == f {
+			delete(g.flights, req.key)
+		}
+		if decider != nil {
+			decider.deciding = false
+		}
+		if f.entry != nil {
+			g.record(req, f.entry)
+		}
+		g.mu.Unlock()
+		close(f.done)
+	}()
+	f.entry = run()
+	return f.entry
+}
+
+// record counts a login and keeps what entry says for later requests: a
+// hold of the account after a refusal, its end after an accepted login,
+// the result for min_interval. g.mu must be held.
+func (g *gate) record(req gateRequest, entry *Entry) {
+	r := entry.Result
+	if r != nil && r.AuthAttempted {
+		g.m.logins.WithLabelValues(req.key.module, loginOutcome(r)).Inc()
+		if req.hasAccount {
+			switch {
+			case r.AuthSuccess:
+				delete(g.accounts, req.account)
+			case entry.FailurePhase == prober.PhaseAuth && entry.FailureReason.HoldsLogins() && req.backoff > 0:
+				g.hold(req, entry)
+			}
+		}
+	}
+	if req.minInterval > 0 && entry.FailureReason != prober.ReasonTimeout {
+		g.store(req.key, entry, entry.Time.Add(req.minInterval))
+	}
+}
+
+// loginOutcome is the outcome label of smtp_exporter_logins_total.
+func loginOutcome(r *prober.Result) string {
+	switch {
+	case r.AuthSuccess:
+		return "accepted"
+	case r.Failure == nil:
+		return "failed"
+	case r.Failure.Reason.RefusesCredentials():
+		return "refused"
+	case r.Failure.Reason.HoldsLogins():
+		return "throttled"
+	}
+	return "failed"
+}
+
+// hold starts a hold of the request's account after entry's refusal.
+// g.mu must be held.
+func (g *gate) hold(req gateRequest, entry *Entry) {
+	a := &account{key: req.key, entry: slimEntry(entry), hold: Hold{
+		Reason: entry.FailureReason, Since: entry.Time, Until: entry.Time.Add(req.backoff),
+		Module: entry.Module, Target: entry.Target, ProbeID: entry.ProbeID,
+	}}
+	if pr, ok := entry.Result.Phase(prober.PhaseAuth); ok {
+		a.hold.Code, a.hold.Enhanced = pr.Code, pr.Enhanced
+	}
+	g.accounts[req.account] = a
+}
+
+// store keeps entry for reuse until reuseUntil. g.mu must be held.
+func (g *gate) store(key resultKey, entry *Entry, reuseUntil time.Time) {
+	if el, found := g.stored[key]; found {
+		g.remove(el)
+	}
+	for g.lru.Len() >= g.limit {
+		g.remove(g.lru.Back())
+	}
+	g.stored[key] = g.lru.PushFront(&storedResult{key: key, entry: slimEntry(entry), reuseUntil: reuseUntil})
+}
+
+// sweepEvery is the shortest time between two walks of the gate for
+// expired results and forgotten accounts.
+const sweepEvery = time.Second
+
+// sweep drops, at most once per sweepEvery, the results whose min_interval
+// has passed and the accounts whose hold passed longer ago than it lasted,
+// so that memory follows the probes of the last minutes, not the most ever
+// seen. The walk visits every result under the lock every probe takes: done
+// on every request it made each probe cost in proportion to the number of
+// targets (90 µs at 10,000). g.mu must be held.
+func (g *gate) sweep(now time.Time) {
+	if now.Sub(g.lastSweep) < sweepEvery {
+		return
+	}
+	g.lastSweep = now
+	for el := g.lru.Back(); el != nil; {
+		prev := el.Prev()
+		if !now.Before(el.Value.(*storedResult).reuseUntil) {
+			g.remove(el)
+		}
+		el = prev
+	}
+	for k, a := range g.accounts {
+		if !a.deciding && now.Sub(a.hold.Until) > a.hold.Until.Sub(a.hold.Since) {
+			delete(g.accounts, k)
+		}
+	}
+}
+
+func (g *gate) remove(el *list.Element) {
+	delete(g.stored, el.Value.(*storedResult).key)
+	g.lru.Remove(el)
+}
+
+// size returns the number of stored results.
+func (g *gate) size() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.lru.Len()
+}
+
+// slimEntry is what the gate keeps of an entry: enough to render its
+// metrics again, not its log or transcript, which the history holds while
+// it keeps the probe.
+func slimEntry(e *Entry) *Entry {
+	slim := *e
+	slim.log, slim.Metrics, slim.ModuleConfig = nil, "", ""
+	if e.Result != nil {
+		r := *e.Result
+		r.Transcript = nil
+		slim.Result = &r
+	}
+	return &slim
+}
