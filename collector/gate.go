@@ -68,6 +68,11 @@ type gateRequest struct {
 	backoff     time.Duration
 	// deadline is when this request must answer.
 	deadline time.Time
+	// direct is set for a target that cannot be dialled (invalid,
+	// unresolvable, not allowed): its probe fails in setup without a login,
+	// so it runs without sharing, holds or reuse, which are keyed by an
+	// address it does not have.
+	direct bool
 }
 
 type resultKey struct {
@@ -234,6 +239,12 @@ func (g *gate) decide(ctx context.Context, req gateRequest, run func() *Entry) (
 	// timed out: this request then runs its own rather than join another
 	// such probe.
 	shorter := false
+	if req.direct {
+		if !g.acquire() {
+			return Answer{}, errBusy
+		}
+		return Answer{Entry: g.fly(req, nil, nil, run), Provenance: Fresh}, nil
+	}
 	for {
 		g.mu.Lock()
 		now := g.now()
@@ -254,13 +265,9 @@ func (g *gate) decide(ctx context.Context, req gateRequest, run func() *Entry) (
 			shorter = true
 			continue
 		}
-		if g.slots != nil {
-			select {
-			case g.slots <- struct{}{}:
-			default:
-				g.mu.Unlock()
-				return Answer{}, errBusy
-			}
+		if !g.acquire() {
+			g.mu.Unlock()
+			return Answer{}, errBusy
 		}
 		f := &flight{done: make(chan struct{}), deadline: req.deadline}
 		g.flights[req.key] = f
@@ -272,6 +279,19 @@ func (g *gate) decide(ctx context.Context, req gateRequest, run func() *Entry) (
 		}
 		g.mu.Unlock()
 		return Answer{Entry: g.fly(req, f, decider, run), Provenance: Fresh}, nil
+	}
+}
+
+// acquire takes a slot for a probe, if one is free.
+func (g *gate) acquire() bool {
+	if g.slots == nil {
+		return true
+	}
+	select {
+	case g.slots <- struct{}{}:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -336,15 +356,18 @@ func (g *gate) wait(ctx context.Context, req gateRequest, f *flight) (ans Answer
 	}
 }
 
-// fly runs the probe of flight f and records what it says about the
-// account and the key.
+// fly runs the probe of flight f (nil for a direct request) and records
+// what it says about the account and the key.
 func (g *gate) fly(req gateRequest, f *flight, decider *account, run func() *Entry) *Entry {
 	g.m.inFlight.Inc()
+	defer g.m.inFlight.Dec()
+	if g.slots != nil {
+		defer func() { <-g.slots }()
+	}
+	if f == nil {
+		return run()
+	}
 	defer func() {
-		g.m.inFlight.Dec()
-		if g.slots != nil {
-			<-g.slots
-		}
 		g.mu.Lock()
 		if g.flights[req.key] == f {
 			delete(g.flights, req.key)

@@ -260,6 +260,7 @@ func (h *Handler) gateRequest(module config.Module, moduleName string, text modu
 		minInterval: time.Duration(module.MinInterval),
 		backoff:     authBackoff(module),
 		deadline:    deadline,
+		direct:      dest.Failure != nil,
 	}
 	if req.backoff > 0 {
 		if sum, err := module.SMTP.Auth.Account(); err == nil {
