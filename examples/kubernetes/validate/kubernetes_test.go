@@ -2,12 +2,15 @@ package validate
 
 import (
 	"bytes"
+	"crypto/md5"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -34,12 +37,15 @@ const (
 
 	namespace    = "monitoring"
 	exporterPort = 9465
+	// replicas is the StatefulSet's: each module has this many Probes,
+	// one per shard.
+	replicas = 2
 )
 
 // manifests is everything one kustomization produces, decoded into the API
 // types.
 type manifests struct {
-	deployments     []*appsv1.Deployment
+	statefulSets    []*appsv1.StatefulSet
 	services        []*corev1.Service
 	configMaps      []*corev1.ConfigMap
 	budgets         []*policyv1.PodDisruptionBudget
@@ -76,10 +82,10 @@ func build(t *testing.T, dir string) *manifests {
 			t.Errorf("%s is in namespace %q, want %q", what, ns, namespace)
 		}
 		switch gvk := res.GetApiVersion() + " " + res.GetKind(); gvk {
-		case "apps/v1 Deployment":
-			obj := &appsv1.Deployment{}
+		case "apps/v1 StatefulSet":
+			obj := &appsv1.StatefulSet{}
 			decodeStrict(t, what, data, obj)
-			m.deployments = append(m.deployments, obj)
+			m.statefulSets = append(m.statefulSets, obj)
 		case "v1 Service":
 			obj := &corev1.Service{}
 			decodeStrict(t, what, data, obj)
@@ -130,6 +136,7 @@ type exporterConfig struct {
 	Modules map[string]struct {
 		SMTP struct {
 			Auth *struct {
+				Username     string `json:"username"`
 				PasswordFile string `json:"password_file"`
 			} `json:"auth"`
 			AllowedTargets []string `json:"allowed_targets"`
@@ -169,30 +176,31 @@ func TestKustomizationsBuild(t *testing.T) {
 		probes, serviceMonitor int
 	}{
 		{dir: baseDir},
-		{dir: kubernetesDir, probes: len(loadExporterConfig(t, readFile(t, shippedConfig)).Modules), serviceMonitor: 1},
+		// One Probe per module and replica (shard).
+		{dir: kubernetesDir, probes: replicas * len(loadExporterConfig(t, readFile(t, shippedConfig)).Modules), serviceMonitor: 1},
 	} {
 		m := build(t, tc.dir)
-		counts := fmt.Sprintf("%d Deployment, %d Service, %d ConfigMap, %d PodDisruptionBudget, %d Probe, %d ServiceMonitor",
-			len(m.deployments), len(m.services), len(m.configMaps), len(m.budgets), len(m.probes), len(m.serviceMonitors))
-		want := fmt.Sprintf("1 Deployment, 1 Service, 1 ConfigMap, 1 PodDisruptionBudget, %d Probe, %d ServiceMonitor", tc.probes, tc.serviceMonitor)
+		counts := fmt.Sprintf("%d StatefulSet, %d Service, %d ConfigMap, %d PodDisruptionBudget, %d Probe, %d ServiceMonitor",
+			len(m.statefulSets), len(m.services), len(m.configMaps), len(m.budgets), len(m.probes), len(m.serviceMonitors))
+		want := fmt.Sprintf("1 StatefulSet, 1 Service, 1 ConfigMap, 1 PodDisruptionBudget, %d Probe, %d ServiceMonitor", tc.probes, tc.serviceMonitor)
 		if counts != want {
 			t.Errorf("kustomize build %s: got %s, want %s", tc.dir, counts, want)
 		}
 	}
 }
 
-func exporterContainer(t *testing.T, d *appsv1.Deployment) corev1.Container {
+func exporterContainer(t *testing.T, d *appsv1.StatefulSet) corev1.Container {
 	t.Helper()
-	return only(t, "container in the Deployment", d.Spec.Template.Spec.Containers)
+	return only(t, "container in the StatefulSet", d.Spec.Template.Spec.Containers)
 }
 
-func TestDeploymentIsHardened(t *testing.T) {
-	d := only(t, "Deployment", build(t, kubernetesDir).deployments)
+func TestStatefulSetIsHardened(t *testing.T) {
+	d := only(t, "StatefulSet", build(t, kubernetesDir).statefulSets)
 	pod := d.Spec.Template.Spec
 	c := exporterContainer(t, d)
 
-	if d.Spec.Replicas == nil || *d.Spec.Replicas != 2 {
-		t.Errorf("replicas = %v, want 2", d.Spec.Replicas)
+	if d.Spec.Replicas == nil || *d.Spec.Replicas != replicas {
+		t.Errorf("replicas = %v, want %d", d.Spec.Replicas, replicas)
 	}
 	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
 		t.Error("the pod mounts a service account token it has no use for")
@@ -285,7 +293,7 @@ func resolvePort(c corev1.Container, port string) int32 {
 // Secret.
 func TestConfigurationAndPasswordAreMounted(t *testing.T) {
 	m := build(t, kubernetesDir)
-	d := only(t, "Deployment", m.deployments)
+	d := only(t, "StatefulSet", m.statefulSets)
 	c := exporterContainer(t, d)
 	cm := only(t, "ConfigMap", m.configMaps)
 
@@ -383,13 +391,13 @@ func TestConfigMapIsTheShippedConfiguration(t *testing.T) {
 
 func TestServiceAndBudgetSelectTheExporterPods(t *testing.T) {
 	m := build(t, kubernetesDir)
-	d := only(t, "Deployment", m.deployments)
+	d := only(t, "StatefulSet", m.statefulSets)
 	podLabels := labels.Set(d.Spec.Template.Labels)
 	c := exporterContainer(t, d)
 
 	selector, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
 	if err != nil || !selector.Matches(podLabels) {
-		t.Errorf("the Deployment's selector %v does not match its own pods (%v)", d.Spec.Selector, err)
+		t.Errorf("the StatefulSet's selector %v does not match its own pods (%v)", d.Spec.Selector, err)
 	}
 
 	svc := only(t, "Service", m.services)
@@ -399,6 +407,14 @@ func TestServiceAndBudgetSelectTheExporterPods(t *testing.T) {
 	port := only(t, "Service port", svc.Spec.Ports)
 	if port.Port != exporterPort || resolvePort(c, port.TargetPort.String()) != exporterPort {
 		t.Errorf("Service port %d -> %s, want %d -> the container's %d", port.Port, port.TargetPort.String(), exporterPort, exporterPort)
+	}
+	// The pods' own DNS names, which the probe jobs address shard by
+	// shard, come from a headless Service named in the StatefulSet.
+	if svc.Spec.ClusterIP != corev1.ClusterIPNone {
+		t.Errorf("Service %s has clusterIP %q; it must be headless (None) to give each replica a DNS name", svc.Name, svc.Spec.ClusterIP)
+	}
+	if d.Spec.ServiceName != svc.Name {
+		t.Errorf("the StatefulSet's serviceName is %q, want the headless Service %q", d.Spec.ServiceName, svc.Name)
 	}
 
 	pdb := only(t, "PodDisruptionBudget", m.budgets)
@@ -411,36 +427,185 @@ func TestServiceAndBudgetSelectTheExporterPods(t *testing.T) {
 	}
 }
 
-// prometheusJobs maps each module to the job name examples/prometheus
-// scrapes it under; the alerting rules and the Probes must agree on them.
-func prometheusJobs(t *testing.T) map[string]string {
+// replicaAddresses returns host:port of each replica of the StatefulSet
+// through its headless Service, shard by shard.
+func replicaAddresses(t *testing.T, m *manifests) []string {
+	t.Helper()
+	d := only(t, "StatefulSet", m.statefulSets)
+	if d.Spec.Replicas == nil {
+		t.Fatal("the StatefulSet sets no replicas")
+	}
+	var addrs []string
+	for i := range int(*d.Spec.Replicas) {
+		addrs = append(addrs, fmt.Sprintf("%s-%d.%s.%s.svc:%d", d.Name, i, d.Spec.ServiceName, namespace, exporterPort))
+	}
+	return addrs
+}
+
+// promJob is the part of a job of examples/prometheus/prometheus.yml these
+// tests read.
+type promJob struct {
+	JobName       string              `json:"job_name"`
+	Params        map[string][]string `json:"params"`
+	StaticConfigs []struct {
+		Targets []string          `json:"targets"`
+		Labels  map[string]string `json:"labels"`
+	} `json:"static_configs"`
+	RelabelConfigs []relabelRule `json:"relabel_configs"`
+}
+
+// relabelRule is a Prometheus relabel_config.
+type relabelRule struct {
+	SourceLabels []string `json:"source_labels"`
+	Separator    *string  `json:"separator"`
+	Regex        *string  `json:"regex"`
+	TargetLabel  string   `json:"target_label"`
+	Replacement  *string  `json:"replacement"`
+	Modulus      uint64   `json:"modulus"`
+	Action       string   `json:"action"`
+}
+
+func prometheusConfig(t *testing.T) []promJob {
 	t.Helper()
 	var cfg struct {
-		ScrapeConfigs []struct {
-			JobName string              `json:"job_name"`
-			Params  map[string][]string `json:"params"`
-		} `json:"scrape_configs"`
+		ScrapeConfigs []promJob `json:"scrape_configs"`
 	}
 	if err := yaml.Unmarshal(readFile(t, prometheusYAML), &cfg); err != nil {
 		t.Fatalf("%s: %v", prometheusYAML, err)
 	}
-	jobs := map[string]string{}
-	for _, sc := range cfg.ScrapeConfigs {
+	return cfg.ScrapeConfigs
+}
+
+// prometheusJobs maps each module to its job in examples/prometheus; the
+// alerting rules and the Probes must agree on the job names.
+func prometheusJobs(t *testing.T) map[string]promJob {
+	t.Helper()
+	jobs := map[string]promJob{}
+	for _, sc := range prometheusConfig(t) {
 		if modules := sc.Params["module"]; len(modules) == 1 {
-			jobs[modules[0]] = sc.JobName
+			jobs[modules[0]] = sc
 		}
 	}
 	return jobs
 }
 
-func TestProbesCoverEveryModule(t *testing.T) {
+// probeRules turns a Probe's relabelings into relabel_configs.
+func probeRules(p *monitoringv1.Probe) []relabelRule {
+	var rules []relabelRule
+	for _, rc := range p.Spec.Targets.StaticConfig.RelabelConfigs {
+		r := relabelRule{
+			Separator:   rc.Separator,
+			TargetLabel: rc.TargetLabel,
+			Replacement: rc.Replacement,
+			Modulus:     uint64(rc.Modulus),
+			Action:      rc.Action,
+		}
+		if rc.Regex != "" {
+			r.Regex = &rc.Regex
+		}
+		for _, l := range rc.SourceLabels {
+			r.SourceLabels = append(r.SourceLabels, string(l))
+		}
+		rules = append(rules, r)
+	}
+	return rules
+}
+
+// relabel applies rules to a target's labels as Prometheus does, for the
+// actions the examples use (replace, keep, hashmod). It returns the labels
+// and false when the target is dropped.
+func relabel(t *testing.T, in map[string]string, rules []relabelRule) (map[string]string, bool) {
+	t.Helper()
+	out := map[string]string{}
+	for k, v := range in {
+		out[k] = v
+	}
+	for _, r := range rules {
+		sep, re, repl := ";", "(.*)", "$1"
+		if r.Separator != nil {
+			sep = *r.Separator
+		}
+		if r.Regex != nil {
+			re = *r.Regex
+		}
+		if r.Replacement != nil {
+			repl = *r.Replacement
+		}
+		var values []string
+		for _, l := range r.SourceLabels {
+			values = append(values, out[l])
+		}
+		value := strings.Join(values, sep)
+		rx, err := regexp.Compile("^(?:" + re + ")$")
+		if err != nil {
+			t.Fatalf("relabel regex %q: %v", re, err)
+		}
+		switch strings.ToLower(r.Action) {
+		case "", "replace":
+			match := rx.FindStringSubmatchIndex(value)
+			if match == nil {
+				continue
+			}
+			target := string(rx.ExpandString(nil, r.TargetLabel, value, match))
+			res := string(rx.ExpandString(nil, repl, value, match))
+			if res == "" {
+				delete(out, target)
+			} else {
+				out[target] = res
+			}
+		case "keep":
+			if !rx.MatchString(value) {
+				return nil, false
+			}
+		case "hashmod":
+			if r.Modulus == 0 {
+				t.Fatalf("hashmod into %s without a modulus", r.TargetLabel)
+			}
+			// Prometheus: the last 8 bytes of the MD5, big-endian.
+			sum := md5.Sum([]byte(value))
+			out[r.TargetLabel] = strconv.FormatUint(binary.BigEndian.Uint64(sum[8:])%r.Modulus, 10)
+		default:
+			t.Fatalf("relabel action %q is not one this test knows", r.Action)
+		}
+	}
+	return out, true
+}
+
+// TestRelabelMatchesPrometheus pins the relabel helper above to
+// Prometheus' own results for hashmod (promtool check service-discovery on
+// examples/prometheus gives the same shards).
+func TestRelabelMatchesPrometheus(t *testing.T) {
+	mod := func(n uint64) []relabelRule {
+		return []relabelRule{{SourceLabels: []string{"k"}, Action: "hashmod", Modulus: n, TargetLabel: "s"}}
+	}
+	for _, tc := range []struct {
+		key     string
+		modulus uint64
+		want    string
+	}{
+		// From Prometheus 2.42 (relabel.Process) on these keys.
+		{"smtp_banner", 2, "1"}, {"smtp_starttls", 2, "0"}, {"probe", 2, "1"}, {"mx_posture", 3, "2"},
+	} {
+		got, _ := relabel(t, map[string]string{"k": tc.key}, mod(tc.modulus))
+		if got["s"] != tc.want {
+			t.Errorf("hashmod %q %% %d = %s, want %s", tc.key, tc.modulus, got["s"], tc.want)
+		}
+	}
+}
+
+// TestProbesShardEveryModule checks that each module has one Probe per
+// replica, each sending to its own replica, and follows every target of
+// every Probe through the operator's relabelings and the Probe's own: each
+// target is kept by exactly one Probe of its module, every target of an
+// account lands on one replica, and it is the replica the relabelling of
+// examples/prometheus/prometheus.yml picks for it.
+func TestProbesShardEveryModule(t *testing.T) {
 	m := build(t, kubernetesDir)
-	svc := only(t, "Service", m.services)
+	replicaAddrs := replicaAddresses(t, m)
 	cfg := loadExporterConfig(t, readFile(t, shippedConfig))
 	jobs := prometheusJobs(t)
-	proberURL := fmt.Sprintf("%s.%s.svc:%d", svc.Name, svc.Namespace, exporterPort)
 
-	seen := map[string]bool{}
+	byModule := map[string][]*monitoringv1.Probe{}
 	for _, p := range m.probes {
 		spec := p.Spec
 		module, ok := cfg.Modules[spec.Module]
@@ -448,14 +613,11 @@ func TestProbesCoverEveryModule(t *testing.T) {
 			t.Errorf("Probe %s names module %q, which smtp_exporter.yml does not define", p.Name, spec.Module)
 			continue
 		}
-		if seen[spec.Module] {
-			t.Errorf("module %s has more than one Probe", spec.Module)
+		byModule[spec.Module] = append(byModule[spec.Module], p)
+		if spec.ProberSpec.Path != "/probe" || !slices.Contains(replicaAddrs, spec.ProberSpec.URL) {
+			t.Errorf("Probe %s sends to %s%s, want /probe of one replica of %v", p.Name, spec.ProberSpec.URL, spec.ProberSpec.Path, replicaAddrs)
 		}
-		seen[spec.Module] = true
-		if spec.ProberSpec.URL != proberURL || spec.ProberSpec.Path != "/probe" {
-			t.Errorf("Probe %s sends to %s%s, want the Service at %s/probe", p.Name, spec.ProberSpec.URL, spec.ProberSpec.Path, proberURL)
-		}
-		if want := jobs[spec.Module]; spec.JobName != want {
+		if want := jobs[spec.Module].JobName; spec.JobName != want {
 			t.Errorf("Probe %s has jobName %q; %s scrapes module %s as job %q", p.Name, spec.JobName, prometheusYAML, spec.Module, want)
 		}
 		static := spec.Targets.StaticConfig
@@ -478,12 +640,117 @@ func TestProbesCoverEveryModule(t *testing.T) {
 		if spec.Interval == "" || spec.ScrapeTimeout == "" {
 			t.Errorf("Probe %s sets no interval or scrapeTimeout", p.Name)
 		}
-	}
-	for name := range cfg.Modules {
-		if !seen[name] {
-			t.Errorf("module %s of smtp_exporter.yml has no Probe", name)
+		for _, r := range probeRules(p) {
+			if strings.EqualFold(r.Action, "hashmod") && r.Modulus != uint64(len(replicaAddrs)) {
+				t.Errorf("Probe %s hashes modulo %d, but the StatefulSet has %d replicas", p.Name, r.Modulus, len(replicaAddrs))
+			}
 		}
 	}
+
+	// replicaOf records where each account's targets go; accountOf the
+	// account label of each username, which every module logging in with
+	// it must share.
+	replicaOf := map[string]string{}
+	accountOf := map[string]string{}
+	for name, module := range cfg.Modules {
+		probes := byModule[name]
+		if len(probes) != len(replicaAddrs) {
+			t.Errorf("module %s has %d Probes, want one per replica (%d)", name, len(probes), len(replicaAddrs))
+			continue
+		}
+		job, ok := jobs[name]
+		if !ok {
+			t.Errorf("module %s has no job in %s", name, prometheusYAML)
+			continue
+		}
+		for _, p := range probes {
+			if !slices.Equal(p.Spec.Targets.StaticConfig.Targets, probes[0].Spec.Targets.StaticConfig.Targets) ||
+				p.Spec.Targets.StaticConfig.Labels["account"] != probes[0].Spec.Targets.StaticConfig.Labels["account"] {
+				t.Errorf("Probes %s and %s of module %s list different targets or accounts", p.Name, probes[0].Name, name)
+			}
+		}
+		account := probes[0].Spec.Targets.StaticConfig.Labels["account"]
+		if auth := module.SMTP.Auth; auth != nil {
+			if account == "" {
+				t.Errorf("module %s logs in, but its Probes give its targets no account label to shard by", name)
+			}
+			if prev, seen := accountOf[auth.Username]; seen && prev != account {
+				t.Errorf("modules logging in as %s label their targets account=%q and %q; one account, one label", auth.Username, prev, account)
+			}
+			accountOf[auth.Username] = account
+		}
+		for _, sc := range job.StaticConfigs {
+			if sc.Labels["account"] != account {
+				t.Errorf("module %s: %s labels its targets account=%q, the Probes %q", name, prometheusYAML, sc.Labels["account"], account)
+			}
+		}
+
+		for _, target := range probes[0].Spec.Targets.StaticConfig.Targets {
+			var kept []string
+			for _, p := range probes {
+				// What the operator generates before a Probe's own
+				// relabelings: the static labels, the module parameter, the
+				// target as ?target= and instance, the prober as address.
+				labels := map[string]string{
+					"__address__":    p.Spec.ProberSpec.URL,
+					"__param_module": p.Spec.Module,
+					"__param_target": target,
+					"instance":       target,
+					"job":            p.Spec.JobName,
+					"namespace":      p.Namespace,
+				}
+				for k, v := range p.Spec.Targets.StaticConfig.Labels {
+					labels[k] = v
+				}
+				if out, keep := relabel(t, labels, probeRules(p)); keep {
+					kept = append(kept, out["__address__"])
+				}
+			}
+			if len(kept) != 1 {
+				t.Errorf("module %s, target %s: kept by %d Probes (replicas %v), want exactly one", name, target, len(kept), kept)
+				continue
+			}
+			// The same target through examples/prometheus/prometheus.yml.
+			labels := map[string]string{"__address__": target, "__param_module": name}
+			if account != "" {
+				labels["account"] = account
+			}
+			out, keep := relabel(t, labels, job.RelabelConfigs)
+			if !keep || out["__address__"] != kept[0] {
+				t.Errorf("module %s, target %s: the Probes send it to %s, %s to %q", name, target, kept[0], prometheusYAML, out["__address__"])
+			}
+			key := "module " + name
+			if account != "" {
+				key = "account " + account
+			}
+			if prev, seen := replicaOf[key]; seen && prev != kept[0] {
+				t.Errorf("%s: targets go to %s and to %s; every target of an account must go to one replica", key, prev, kept[0])
+			}
+			replicaOf[key] = kept[0]
+		}
+	}
+	t.Logf("shards: %v", replicaOf)
+}
+
+// TestPrometheusScrapesEveryReplica checks that the exporter's own job in
+// examples/prometheus lists every replica, so that a replica that is down
+// shows as up == 0 there.
+func TestPrometheusScrapesEveryReplica(t *testing.T) {
+	want := replicaAddresses(t, build(t, kubernetesDir))
+	for _, sc := range prometheusConfig(t) {
+		if sc.JobName != "smtp_exporter" {
+			continue
+		}
+		var got []string
+		for _, s := range sc.StaticConfigs {
+			got = append(got, s.Targets...)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("job smtp_exporter scrapes %v, want every replica %v", got, want)
+		}
+		return
+	}
+	t.Errorf("%s has no job smtp_exporter", prometheusYAML)
 }
 
 func TestServiceMonitorScrapesTheExporter(t *testing.T) {
