@@ -4,11 +4,16 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"fmt"
 	"math/big"
+	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/smtp-exporter/smtp_exporter/prober"
 )
 
 // testCert is a certificate made in the test, with its key so that it can
@@ -51,4 +56,27 @@ func newTestCert(t *testing.T, cn string, serial int64, notAfter time.Time, dnsN
 		t.Fatal(err)
 	}
 	return &testCert{cert: cert, key: key}
+}
+
+// summary is what a prober.Result keeps of the certificate: these test
+// certificates are small enough for the prober's bounds to keep all of it.
+func (c *testCert) summary() prober.Certificate {
+	return certificateSummary(c.cert)
+}
+
+func certificateSummary(c *x509.Certificate) prober.Certificate {
+	s := prober.Certificate{
+		Fingerprint: sha256.Sum256(c.Raw),
+		Subject:     c.Subject.String(),
+		Issuer:      c.Issuer.String(),
+		DNSNames:    c.DNSNames,
+		Serial:      fmt.Sprintf("%x", c.SerialNumber.Bytes()),
+		NotBefore:   c.NotBefore,
+		NotAfter:    c.NotAfter,
+	}
+	for _, ip := range c.IPAddresses {
+		addr, _ := netip.AddrFromSlice(ip)
+		s.IPAddresses = append(s.IPAddresses, addr.Unmap())
+	}
+	return s
 }

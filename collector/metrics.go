@@ -4,11 +4,8 @@
 package collector
 
 import (
-	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
-	"fmt"
 	"hash/fnv"
 	"slices"
 	"strings"
@@ -219,41 +216,33 @@ func (c *probeCollector) collectPhases(ch chan<- prometheus.Metric) {
 	}
 }
 
-// presentedCerts returns the certificates the server presented. They are
-// there even when verification failed and there is no session, so that an
-// expired certificate shows as an expiry in the past rather than as nothing.
-func presentedCerts(r *prober.Result) []*x509.Certificate {
-	if len(r.PeerCertificates) > 0 || r.TLS == nil {
-		return r.PeerCertificates
-	}
-	return r.TLS.PeerCertificates
-}
-
 func (c *probeCollector) collectTLS(ch chan<- prometheus.Metric) {
-	state := c.result.TLS
-	presented := presentedCerts(c.result)
-	if earliest, ok := earliestExpiry(presented); ok {
+	r := c.result
+	// The certificates are there even when verification failed and there
+	// is no session, so that an expired certificate shows as an expiry in
+	// the past rather than as nothing.
+	if earliest, ok := earliestExpiry(r.Certificates); ok {
 		gauge(ch, sslEarliestExpiryDesc, float64(earliest.Unix()))
 	}
-	if len(presented) > 0 && presented[0] != nil {
-		leaf := presented[0]
-		fingerprint := sha256.Sum256(leaf.Raw)
+	if len(r.Certificates) > 0 {
+		leaf := r.Certificates[0]
 		gauge(ch, sslLastChainInfoDesc, 1,
-			hex.EncodeToString(fingerprint[:]),
-			certLabel(leaf.Subject.String()),
-			certLabel(leaf.Issuer.String()),
+			hex.EncodeToString(leaf.Fingerprint[:]),
+			certLabel(leaf.Subject),
+			certLabel(leaf.Issuer),
 			certLabel(strings.Join(leaf.DNSNames, ",")),
-			fmt.Sprintf("%x", leaf.SerialNumber.Bytes()),
+			leaf.Serial,
 		)
 	}
-	if state == nil {
+	s := r.TLS
+	if s == nil {
 		return
 	}
-	if last, ok := lastChainExpiry(state.VerifiedChains); ok {
-		gauge(ch, sslLastChainExpiryDesc, float64(last.Unix()))
+	if !s.LastChainExpiry.IsZero() {
+		gauge(ch, sslLastChainExpiryDesc, float64(s.LastChainExpiry.Unix()))
 	}
-	gauge(ch, tlsVersionDesc, 1, tls.VersionName(state.Version))
-	gauge(ch, tlsCipherDesc, 1, tls.CipherSuiteName(state.CipherSuite))
+	gauge(ch, tlsVersionDesc, 1, tls.VersionName(s.Version))
+	gauge(ch, tlsCipherDesc, 1, tls.CipherSuiteName(s.CipherSuite))
 }
 
 func (c *probeCollector) planned(p prober.Phase) bool {
@@ -303,10 +292,10 @@ func ipHash(r *prober.Result) float64 {
 	return float64(h.Sum32())
 }
 
-func earliestExpiry(certs []*x509.Certificate) (time.Time, bool) {
+func earliestExpiry(certs []prober.Certificate) (time.Time, bool) {
 	var earliest time.Time
 	for _, cert := range certs {
-		if cert == nil || cert.NotAfter.IsZero() {
+		if cert.NotAfter.IsZero() {
 			continue
 		}
 		if earliest.IsZero() || cert.NotAfter.Before(earliest) {
@@ -314,19 +303,6 @@ func earliestExpiry(certs []*x509.Certificate) (time.Time, bool) {
 		}
 	}
 	return earliest, !earliest.IsZero()
-}
-
-// lastChainExpiry is when the last of the verified chains stops being valid:
-// a chain expires with its earliest certificate, and the server stays trusted
-// while any chain does.
-func lastChainExpiry(chains [][]*x509.Certificate) (time.Time, bool) {
-	var last time.Time
-	for _, chain := range chains {
-		if expiry, ok := earliestExpiry(chain); ok && expiry.After(last) {
-			last = expiry
-		}
-	}
-	return last, !last.IsZero()
 }
 
 // isEnhancedCode accepts RFC 3463 class.subject.detail: a class of 2, 4 or 5

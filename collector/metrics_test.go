@@ -32,7 +32,8 @@ func ms(n int) time.Duration { return time.Duration(n) * time.Millisecond }
 // chain that lasts longest (via a second intermediate), so that the two
 // metrics cannot be confused.
 type tlsFixture struct {
-	state       *tls.ConnectionState
+	session     *prober.TLSSession
+	certs       []prober.Certificate
 	leaf        *x509.Certificate
 	leafExpiry  time.Time
 	interExpiry time.Time
@@ -41,23 +42,22 @@ type tlsFixture struct {
 func newTLSFixture(t *testing.T) *tlsFixture {
 	t.Helper()
 	rootA := newTestCert(t, "Test Root A", 1, time.Date(2040, 1, 1, 0, 0, 0, 0, time.UTC), nil, nil)
-	rootB := newTestCert(t, "Test Root B", 2, time.Date(2041, 1, 1, 0, 0, 0, 0, time.UTC), nil, nil)
 	interExpiry := time.Date(2029, 1, 15, 12, 0, 0, 0, time.UTC)
 	interA := newTestCert(t, "Test Intermediate A", 3, interExpiry, nil, rootA)
-	interB := newTestCert(t, "Test Intermediate B", 4, time.Date(2035, 1, 1, 0, 0, 0, 0, time.UTC), nil, rootB)
 	leafExpiry := time.Date(2030, 6, 1, 0, 0, 0, 0, time.UTC)
 	// 0x0abc: the serial label must keep the leading zero of the first byte.
 	leaf := newTestCert(t, "mail.example.net", 0x0abc, leafExpiry, []string{"mail.example.net", "smtp.example.net"}, interA)
 	return &tlsFixture{
-		state: &tls.ConnectionState{
-			Version:          tls.VersionTLS13,
-			CipherSuite:      tls.TLS_AES_128_GCM_SHA256,
-			PeerCertificates: []*x509.Certificate{leaf.cert, interA.cert},
-			VerifiedChains: [][]*x509.Certificate{
-				{leaf.cert, interA.cert, rootA.cert},
-				{leaf.cert, interB.cert, rootB.cert},
-			},
+		session: &prober.TLSSession{
+			Version:     tls.VersionTLS13,
+			CipherSuite: tls.TLS_AES_128_GCM_SHA256,
+			Verified:    true,
+			// The chain via intermediate A ends with it in 2029; a second
+			// one, via an intermediate B valid until 2035, lasts as long
+			// as the leaf.
+			LastChainExpiry: leafExpiry,
 		},
+		certs:       []prober.Certificate{leaf.summary(), interA.summary()},
 		leaf:        leaf.cert,
 		leafExpiry:  leafExpiry,
 		interExpiry: interExpiry,
@@ -70,9 +70,9 @@ func (f *tlsFixture) fingerprint() string {
 }
 
 // successResult is a submission probe with STARTTLS and AUTH PLAIN that
-// succeeded.
-func successResult(state *tls.ConnectionState) *prober.Result {
-	return &prober.Result{
+// succeeded, with the session and certificates of fix (none when nil).
+func successResult(fix *tlsFixture) *prober.Result {
+	r := &prober.Result{
 		Success:       true,
 		Duration:      ms(250),
 		Host:          "mail.example.net",
@@ -93,17 +93,20 @@ func successResult(state *tls.ConnectionState) *prober.Result {
 			prober.PhaseEHLOTLS: {"PIPELINING", "SIZE", "AUTH", "8BITMIME"},
 		},
 		SizeLimit:      10485760,
-		TLS:            state,
 		AuthAttempted:  true,
 		AuthSuccess:    true,
 		AuthMechanisms: []string{"PLAIN", "LOGIN"},
 		AuthMechanism:  "PLAIN",
 	}
+	if fix != nil {
+		r.TLS, r.Certificates = fix.session, fix.certs
+	}
+	return r
 }
 
 // authFailedResult is the same probe turned down with 535 5.7.8.
-func authFailedResult(state *tls.ConnectionState) *prober.Result {
-	r := successResult(state)
+func authFailedResult(fix *tlsFixture) *prober.Result {
+	r := successResult(fix)
 	r.Success = false
 	r.AuthSuccess = false
 	r.Phases[5] = prober.PhaseResult{Phase: prober.PhaseAuth, Ran: true, Duration: ms(100), Code: 535, Enhanced: "5.7.8"}
@@ -196,10 +199,10 @@ func TestCollectorGolden(t *testing.T) {
 	fix := newTLSFixture(t)
 	certData := map[string]string{"Fingerprint": fix.fingerprint()}
 	t.Run("starttls auth success", func(t *testing.T) {
-		compareGolden(t, New(successResult(fix.state), 9500*time.Millisecond), "success_starttls_auth.prom", certData)
+		compareGolden(t, New(successResult(fix), 9500*time.Millisecond), "success_starttls_auth.prom", certData)
 	})
 	t.Run("auth rejected 535 5.7.8", func(t *testing.T) {
-		compareGolden(t, New(authFailedResult(fix.state), 9500*time.Millisecond), "failure_auth.prom", certData)
+		compareGolden(t, New(authFailedResult(fix), 9500*time.Millisecond), "failure_auth.prom", certData)
 	})
 	t.Run("dns failure before connect", func(t *testing.T) {
 		compareGolden(t, New(dnsFailedResult(), 10*time.Second), "failure_dns.prom", nil)
@@ -213,7 +216,7 @@ func TestCollectorGolden(t *testing.T) {
 // independently of the golden files.
 func TestTLSExpiries(t *testing.T) {
 	fix := newTLSFixture(t)
-	c := New(successResult(fix.state), time.Second)
+	c := New(successResult(fix), time.Second)
 	got := gatherValues(t, c)
 	if v := got["probe_ssl_earliest_cert_expiry"]; v != float64(fix.interExpiry.Unix()) {
 		t.Errorf("earliest expiry = %v, want the intermediate's %v", v, fix.interExpiry.Unix())
@@ -227,9 +230,9 @@ func TestTLSExpiries(t *testing.T) {
 // chain, so no chain expiry, but the presented certificates still count.
 func TestTLSWithoutVerifiedChains(t *testing.T) {
 	fix := newTLSFixture(t)
-	state := *fix.state
-	state.VerifiedChains = nil
-	got := gatherValues(t, New(successResult(&state), time.Second))
+	r := successResult(fix)
+	r.TLS = &prober.TLSSession{Version: fix.session.Version, CipherSuite: fix.session.CipherSuite}
+	got := gatherValues(t, New(r, time.Second))
 	if _, ok := got["probe_ssl_last_chain_expiry_timestamp_seconds"]; ok {
 		t.Error("chain expiry reported without a verified chain")
 	}
@@ -353,7 +356,7 @@ func TestFailedVerificationReportsCertificate(t *testing.T) {
 	r.Phases[1] = prober.PhaseResult{Phase: prober.PhaseBanner, Ran: true, Duration: ms(1), Code: 220}
 	r.Phases[2] = prober.PhaseResult{Phase: prober.PhaseEHLO, Ran: true, Duration: ms(1), Code: 250}
 	r.Phases[3] = prober.PhaseResult{Phase: prober.PhaseStartTLS, Ran: true, Duration: ms(5), Code: 220}
-	r.PeerCertificates = []*x509.Certificate{leaf.cert}
+	r.Certificates = []prober.Certificate{leaf.summary()}
 	r.Failure = &prober.Failure{Phase: prober.PhaseStartTLS, Reason: prober.ReasonCertificate}
 
 	c := New(r, time.Second)

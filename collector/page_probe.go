@@ -2,7 +2,6 @@ package collector
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"html/template"
 	"math"
@@ -188,38 +187,36 @@ func newTLSView(r *prober.Result, now time.Time) tlsView {
 			v.Planned = true
 		}
 	}
-	presented := presentedCerts(r)
 	if s := r.TLS; s != nil {
 		v.Established = true
 		v.Version = tls.VersionName(s.Version)
 		v.Cipher = tls.CipherSuiteName(s.CipherSuite)
 		v.ServerName = printable(s.ServerName)
-		v.Verified = len(s.VerifiedChains) > 0
+		v.Verified = s.Verified
 	}
-	for _, c := range presented {
-		if c != nil {
-			v.Certificates = append(v.Certificates, newCertView(c, now))
-		}
+	for _, c := range r.Certificates {
+		v.Certificates = append(v.Certificates, newCertView(c, now))
 	}
 	return v
 }
 
-func newCertView(c *x509.Certificate, now time.Time) certView {
-	names := make([]string, 0, len(c.DNSNames)+len(c.IPAddresses))
+func newCertView(c prober.Certificate, now time.Time) certView {
+	names := make([]string, 0, len(c.DNSNames)+len(c.IPAddresses)+1)
 	names = append(names, c.DNSNames...)
 	for _, ip := range c.IPAddresses {
 		names = append(names, ip.String())
 	}
+	if c.OmittedNames > 0 {
+		names = append(names, "and "+plural(c.OmittedNames, "more name"))
+	}
 	v := certView{
-		Subject:   printable(c.Subject.String()),
-		Issuer:    printable(c.Issuer.String()),
+		Subject:   printable(c.Subject),
+		Issuer:    printable(c.Issuer),
 		Names:     printable(strings.Join(names, ", ")),
+		Serial:    c.Serial,
 		NotBefore: c.NotBefore.UTC().Format(time.RFC3339),
 		NotAfter:  c.NotAfter.UTC().Format(time.RFC3339),
 		Expired:   now.After(c.NotAfter),
-	}
-	if c.SerialNumber != nil {
-		v.Serial = fmt.Sprintf("%x", c.SerialNumber.Bytes())
 	}
 	left := c.NotAfter.Sub(now)
 	days := int(math.Abs(left.Hours()) / 24)

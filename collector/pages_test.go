@@ -9,6 +9,7 @@ import (
 	"html"
 	"math"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -272,7 +273,7 @@ const (
 func TestProbePageEscapesHostileText(t *testing.T) {
 	cert := newTestCert(t, hostileImg, 9, time.Now().Add(24*time.Hour), []string{"mx." + hostileScript}, nil)
 	r := authFailedResult(nil)
-	r.PeerCertificates = append(r.PeerCertificates, cert.cert)
+	r.Certificates = append(r.Certificates, cert.summary())
 	r.Extensions[prober.PhaseEHLO] = append(r.Extensions[prober.PhaseEHLO], hostileScript)
 	r.AuthMechanisms = append(r.AuthMechanisms, hostileImg)
 	r.Failure.Err = errors.New("535 " + hostileImg)
@@ -334,7 +335,7 @@ func TestProbePageEscapesHostileText(t *testing.T) {
 func TestProbePageTLS(t *testing.T) {
 	f := newTLSFixture(t)
 	now := time.Date(2030, 4, 2, 0, 0, 0, 0, time.UTC) // 60 days before the leaf expires
-	page := renderProbePage(t, entryFor(successResult(f.state)), now)
+	page := renderProbePage(t, entryFor(successResult(f)), now)
 	for _, want := range []string{
 		"<dt>Version</dt><dd>TLS 1.3</dd>",
 		`<dt>Cipher</dt><dd class="mono">TLS_AES_128_GCM_SHA256</dd>`,
@@ -359,7 +360,7 @@ func TestProbePageTLS(t *testing.T) {
 	// A failed verification leaves no session but the certificates.
 	r := authFailedResult(nil)
 	r.Failure = &prober.Failure{Phase: prober.PhaseStartTLS, Reason: prober.ReasonCertificate}
-	r.PeerCertificates = f.state.PeerCertificates
+	r.Certificates = f.certs
 	page = renderProbePage(t, entryFor(r), now)
 	for _, want := range []string{"No TLS session was established.", "CN=mail.example.net,O=Test"} {
 		if !strings.Contains(page, want) {
@@ -626,5 +627,26 @@ func TestAcceptsHTML(t *testing.T) {
 	}
 	if !acceptsHTML([]string{"text/plain", "text/html"}) {
 		t.Error("a second Accept header is ignored")
+	}
+}
+
+// TestCertViewCountsOmittedNames: names the prober left out of a large
+// certificate are counted, not silently dropped.
+func TestCertViewCountsOmittedNames(t *testing.T) {
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	c := prober.Certificate{
+		Subject:      "CN=mx.example.net",
+		DNSNames:     []string{"mx.example.net"},
+		IPAddresses:  []netip.Addr{netip.MustParseAddr("192.0.2.25")},
+		OmittedNames: 52,
+		NotBefore:    now.Add(-24 * time.Hour),
+		NotAfter:     now.Add(24 * time.Hour),
+	}
+	if got, want := newCertView(c, now).Names, "mx.example.net, 192.0.2.25, and 52 more names"; got != want {
+		t.Errorf("names = %q, want %q", got, want)
+	}
+	c.OmittedNames = 0
+	if got, want := newCertView(c, now).Names, "mx.example.net, 192.0.2.25"; got != want {
+		t.Errorf("names = %q, want %q", got, want)
 	}
 }

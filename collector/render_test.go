@@ -38,7 +38,7 @@ func requireSameText(t *testing.T, name string, c prometheus.Collector) {
 }
 
 func TestRenderTextIsTheRegistrysExposition(t *testing.T) {
-	tlsState := newTLSFixture(t).state
+	fix := newTLSFixture(t)
 	hostile := successResult(nil)
 	hostile.Phases = append(hostile.Phases,
 		prober.PhaseResult{Phase: prober.PhaseAuth, Ran: true, Code: 535},
@@ -52,13 +52,13 @@ func TestRenderTextIsTheRegistrysExposition(t *testing.T) {
 	hostile.AuthMechanism = "LOGIN\r\nX"
 
 	for name, c := range map[string]prometheus.Collector{
-		"success":           New(successResult(tlsState), 8*time.Second),
-		"auth failed":       New(authFailedResult(tlsState), 8*time.Second),
+		"success":           New(successResult(fix), 8*time.Second),
+		"auth failed":       New(authFailedResult(fix), 8*time.Second),
 		"dns failed":        New(dnsFailedResult(), 8*time.Second),
 		"canary":            New(canaryResult(), 8*time.Second),
 		"hostile":           New(hostile, time.Second),
 		"nil result":        New(nil, time.Second),
-		"with age":          NewWithAge(successResult(tlsState), 8*time.Second, 42*time.Second),
+		"with age":          NewWithAge(successResult(fix), 8*time.Second, 42*time.Second),
 		"transcript result": New(transcriptResult(), time.Second),
 	} {
 		requireSameText(t, name, c)

@@ -53,8 +53,8 @@ func TestTextResponseIsWhatPromhttpServes(t *testing.T) {
 		name   string
 		result func() *prober.Result
 	}{
-		{"success", func() *prober.Result { return successResult(newTLSFixture(t).state) }},
-		{"auth failed", func() *prober.Result { return authFailedResult(newTLSFixture(t).state) }},
+		{"success", func() *prober.Result { return successResult(newTLSFixture(t)) }},
+		{"auth failed", func() *prober.Result { return authFailedResult(newTLSFixture(t)) }},
 		{"dns failed", dnsFailedResult},
 		{"canary", canaryResult},
 	} {
@@ -80,7 +80,7 @@ func TestTextResponseIsWhatPromhttpServes(t *testing.T) {
 }
 
 func TestProtobufResponseStillServed(t *testing.T) {
-	result := successResult(newTLSFixture(t).state)
+	result := successResult(newTLSFixture(t))
 	fake := &fakeProber{result: func() *prober.Result { return result }}
 	env := newTestEnv(t, HandlerOpts{Probe: fake.probe})
 	rec := env.get(t, env.handler, "module=submission&target=mail.example.net", http.Header{"Accept": {acceptProtobuf}})
@@ -136,7 +136,7 @@ func TestModuleTextFollowsReload(t *testing.T) {
 
 // A scraper that filters by metric name gets promhttp's filtered answer.
 func TestNameFilterStillServed(t *testing.T) {
-	result := successResult(newTLSFixture(t).state)
+	result := successResult(newTLSFixture(t))
 	fake := &fakeProber{result: func() *prober.Result { return result }}
 	env := newTestEnv(t, HandlerOpts{Probe: fake.probe})
 	rec := env.get(t, env.handler, "module=submission&target=mail.example.net&name[]=probe_success", http.Header{"Accept": {acceptPrometheus2}})

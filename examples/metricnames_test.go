@@ -1,8 +1,9 @@
 package examples
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
+	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
@@ -230,16 +231,7 @@ func gather(t *testing.T, g prometheus.Gatherer, into map[string][]string) {
 // failure.
 func populatedResult(t *testing.T, module config.Module, success bool) *prober.Result {
 	t.Helper()
-	server := smtptest.Certs().Server
-	leaf := server.Leaf
-	if leaf == nil {
-		var err error
-		if leaf, err = x509.ParseCertificate(server.Certificate[0]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ca := smtptest.Certs().CA
-
+	leaf := smtptest.Certs().Server.Leaf
 	r := &prober.Result{
 		Success:       success,
 		Duration:      120 * time.Millisecond,
@@ -253,13 +245,21 @@ func populatedResult(t *testing.T, module config.Module, success bool) *prober.R
 			prober.PhaseEHLOTLS: {"PIPELINING", "SIZE", "AUTH", "8BITMIME"},
 		},
 		SizeLimit: 10 << 20,
-		TLS: &tls.ConnectionState{
-			Version:          tls.VersionTLS13,
-			CipherSuite:      tls.TLS_AES_128_GCM_SHA256,
-			PeerCertificates: []*x509.Certificate{leaf},
-			VerifiedChains:   [][]*x509.Certificate{{leaf, ca}},
+		TLS: &prober.TLSSession{
+			Version:         tls.VersionTLS13,
+			CipherSuite:     tls.TLS_AES_128_GCM_SHA256,
+			Verified:        true,
+			LastChainExpiry: leaf.NotAfter,
 		},
-		PeerCertificates:   []*x509.Certificate{leaf},
+		Certificates: []prober.Certificate{{
+			Fingerprint: sha256.Sum256(leaf.Raw),
+			Subject:     leaf.Subject.String(),
+			Issuer:      leaf.Issuer.String(),
+			DNSNames:    leaf.DNSNames,
+			Serial:      fmt.Sprintf("%x", leaf.SerialNumber.Bytes()),
+			NotBefore:   leaf.NotBefore,
+			NotAfter:    leaf.NotAfter,
+		}},
 		AuthAttempted:      true,
 		AuthSuccess:        success,
 		AuthMechanisms:     []string{"PLAIN", "LOGIN", "CRAM-MD5"},

@@ -423,11 +423,10 @@ func (p *probe) handshake(ph Phase) bool {
 		p.tr.note("TLS handshake failed: %v", err)
 		var cve *tls.CertificateVerificationError
 		if errors.As(err, &cve) {
-			p.r.PeerCertificates = cve.UnverifiedCertificates
-			return p.fail(ph, ReasonCertificate, err)
+			_, p.r.Certificates = summarizeTLS(nil, cve.UnverifiedCertificates)
 		}
-		if isCertificateError(err) {
-			return p.fail(ph, ReasonCertificate, err)
+		if cve != nil || isCertificateError(err) {
+			return p.fail(ph, ReasonCertificate, certificateError(boundText(err.Error())))
 		}
 		if reason := p.ioReason(err); reason == ReasonTimeout {
 			return p.fail(ph, reason, err)
@@ -438,8 +437,7 @@ func (p *probe) handshake(ph Phase) bool {
 		return p.fail(ph, ReasonTLSHandshake, err)
 	}
 	state := tc.ConnectionState()
-	p.r.TLS = &state
-	p.r.PeerCertificates = state.PeerCertificates
+	p.r.TLS, p.r.Certificates = summarizeTLS(&state, state.PeerCertificates)
 	p.c.upgrade(tc)
 	p.tr.note("TLS handshake complete: %s, %s, server name %q",
 		tls.VersionName(state.Version), tls.CipherSuiteName(state.CipherSuite), p.tlsConfig.ServerName)

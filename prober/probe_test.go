@@ -2,6 +2,7 @@ package prober
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"net"
@@ -64,8 +65,12 @@ func TestProbeTLSModes(t *testing.T) {
 			if (r.TLS != nil) != (tc.moduleTLS != "none") {
 				t.Errorf("TLS state %v for mode %s", r.TLS != nil, tc.moduleTLS)
 			}
-			if r.TLS != nil && (len(r.PeerCertificates) == 0 || len(r.TLS.VerifiedChains) == 0) {
+			if r.TLS != nil && (len(r.Certificates) == 0 || !r.TLS.Verified) {
 				t.Errorf("TLS without certificates or verified chains")
+			}
+			// The chain is the leaf and the CA; it expires with the leaf.
+			if leaf := smtptest.Certs().Server.Leaf; r.TLS != nil && !r.TLS.LastChainExpiry.Equal(leaf.NotAfter) {
+				t.Errorf("last chain expiry %v, want the leaf's %v", r.TLS.LastChainExpiry, leaf.NotAfter)
 			}
 			if !r.AuthAttempted || !r.AuthSuccess || r.AuthMechanism != "CRAM-MD5" {
 				t.Errorf("auth attempted=%v success=%v mechanism=%q, want CRAM-MD5 chosen by auto",
@@ -314,10 +319,10 @@ func TestProbeCertificateErrors(t *testing.T) {
 				if r.TLS != nil {
 					t.Error("TLS state recorded for a failed handshake")
 				}
-				if len(r.PeerCertificates) == 0 || !r.PeerCertificates[0].Equal(cert.Leaf) {
-					t.Errorf("PeerCertificates not kept from the failed verification: %d", len(r.PeerCertificates))
+				if len(r.Certificates) == 0 || r.Certificates[0].Fingerprint != sha256.Sum256(cert.Leaf.Raw) {
+					t.Fatalf("certificates not kept from the failed verification: %d", len(r.Certificates))
 				}
-				if tc.name == "expired" && !r.PeerCertificates[0].NotAfter.Before(time.Now()) {
+				if tc.name == "expired" && !r.Certificates[0].NotAfter.Before(time.Now()) {
 					t.Error("expired certificate's NotAfter not in the past")
 				}
 				if q := phaseOf(t, r, PhaseQuit); q.Ran {

@@ -1,8 +1,6 @@
 package prober
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"net/netip"
 	"time"
 )
@@ -175,12 +173,12 @@ type Result struct {
 	// (or the last EHLO); -1 when not advertised, 0 for "no limit".
 	SizeLimit int64
 
-	// TLS is the state of the encrypted session, nil when there was none.
-	TLS *tls.ConnectionState
-	// PeerCertificates is the chain the server presented, leaf first. It is
-	// set also when verification failed (TLS is nil then), so that an
-	// expired or untrusted certificate can still be reported.
-	PeerCertificates []*x509.Certificate
+	// TLS describes the encrypted session, nil when there was none.
+	TLS *TLSSession
+	// Certificates is the chain the server presented, leaf first. It is set
+	// also when verification failed (TLS is nil then), so that an expired
+	// or untrusted certificate can still be reported.
+	Certificates []Certificate
 
 	AuthAttempted bool
 	AuthSuccess   bool
