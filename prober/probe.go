@@ -60,7 +60,19 @@ func PlannedPhases(m config.Module) []Phase {
 // probe into a success. After a timeout, a broken reply or a TLS failure
 // the connection is just closed.
 func Probe(ctx context.Context, target string, module config.Module, probeID string, logger *slog.Logger) *Result {
-	start := time.Now()
+	if module.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(module.Timeout))
+		defer cancel()
+	}
+	return ProbeTarget(ctx, Resolve(ctx, target, &module.SMTP), module, probeID, logger)
+}
+
+// ProbeTarget is Probe for a target Resolve already resolved: the caller
+// can decide, from the address, whether the session should run at all.
+// The lookup counts in the probe's duration.
+func ProbeTarget(ctx context.Context, target Target, module config.Module, probeID string, logger *slog.Logger) *Result {
+	start := time.Now().Add(-target.DNSLookupTime)
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -98,7 +110,7 @@ func Probe(ctx context.Context, target string, module config.Module, probeID str
 // probe is the state of one session.
 type probe struct {
 	ctx     context.Context
-	target  string
+	target  Target
 	smtp    *config.SMTPProbe
 	probeID string
 	logger  *slog.Logger
@@ -247,31 +259,16 @@ func (p *probe) failReply(ph Phase, err error, classify func(code int) Reason) b
 
 func unexpected(int) Reason { return ReasonUnexpectedReply }
 
-// setup does everything before the first packet: parse and check the target,
-// resolve it, read credentials, build the canary and the TLS configuration.
+// setup does everything before the first packet once the target resolved:
+// read credentials, build the canary and the TLS configuration.
 func (p *probe) setup() bool {
-	host, port, err := parseTarget(p.target, p.smtp.EffectivePort())
-	if err != nil {
-		return p.fail(PhaseSetup, ReasonTargetInvalid, err)
+	t := p.target
+	p.r.Host, p.r.Port, p.r.DNSLookupTime = t.Host, t.Port, t.DNSLookupTime
+	if f := t.Failure; f != nil {
+		return p.fail(f.Phase, f.Reason, f.Err)
 	}
-	p.r.Host, p.r.Port = host, port
-	hostAllowed := p.smtp.AllowsHost(host, port)
-
-	p.logger.Debug("Resolving target", "host", host, "preferred_ip_protocol", p.smtp.PreferredIPProtocol, "ip_protocol_fallback", p.smtp.IPProtocolFallback)
-	ip, lookup, err := resolve(p.ctx, host, p.smtp.PreferredIPProtocol, p.smtp.IPProtocolFallback)
-	p.r.DNSLookupTime = lookup
-	if err != nil {
-		if p.ctx.Err() != nil {
-			return p.fail(PhaseSetup, ReasonTimeout, err)
-		}
-		return p.fail(PhaseSetup, ReasonDNS, err)
-	}
-	p.logger.Debug("Resolved target", "ip", ip, "dns_lookup_seconds", lookup.Seconds())
-	if !hostAllowed && !p.smtp.AllowsAddr(ip, port) {
-		return p.fail(PhaseSetup, ReasonTargetNotAllowed,
-			fmt.Errorf("target %s (%s) port %d is not in allowed_targets", host, ip, port))
-	}
-	p.r.IP = ip
+	p.logger.Debug("Resolved target", "host", t.Host, "ip", t.IP, "dns_lookup_seconds", t.DNSLookupTime.Seconds())
+	p.r.IP = t.IP
 
 	if a := p.smtp.Auth; a != nil && a.UsesToken() {
 		if !p.obtainToken(a) {
@@ -304,7 +301,7 @@ func (p *probe) setup() bool {
 		if cfg.ServerName == "" {
 			// For an IP target Go verifies against the certificate's IP
 			// SANs; the zone of a link-local address is no part of them.
-			name, _, _ := strings.Cut(host, "%")
+			name, _, _ := strings.Cut(t.Host, "%")
 			cfg.ServerName = name
 		}
 		p.tlsConfig = cfg
