@@ -26,6 +26,10 @@ type probePage struct {
 	Timeout  string
 	Success  bool
 	Duration string
+	// Provenance and Notice say where the result came from when its probe
+	// did not run for this request (shared, reused, held).
+	Provenance string
+	Notice     string
 	// Failure is nil on success.
 	Failure *failureView
 	// Address is the IP address and port dialled, "" when the probe
@@ -404,6 +408,8 @@ func newProbePage(e *Entry, now time.Time) probePage {
 	p := probePage{
 		ID:           e.ID,
 		ProbeID:      e.ProbeID,
+		Provenance:   e.Provenance.String(),
+		Notice:       e.Notice,
 		Time:         e.Time.UTC().Format("2006-01-02 15:04:05Z"),
 		Module:       e.Module,
 		Target:       e.Target,
