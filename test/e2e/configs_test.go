@@ -101,12 +101,8 @@ type prometheusSetup struct {
 	module string // the module the probe job asks for
 }
 
-// prometheusConfig takes the shipped prometheus.yml and keeps its probe job
-// and the exporter's own job, with their parameters and relabeling as
-// shipped; only addresses and intervals change: the target is the lab, the
-// relabeling's exporter address is the exporter under test, and alerts go
-// to the Alertmanager under test.
-func prometheusConfig(t *testing.T, rulesFile, exporterAddr, amAddr, target string, scrapeInterval, evaluationInterval time.Duration) prometheusSetup {
+// shippedJobs returns the jobs of the shipped prometheus.yml by name.
+func shippedJobs(t *testing.T) map[string]map[string]any {
 	t.Helper()
 	var shipped map[string]any
 	if err := yaml.Unmarshal(readShipped(t, shippedPrometheusConfig), &shipped); err != nil {
@@ -121,10 +117,78 @@ func prometheusConfig(t *testing.T, rulesFile, exporterAddr, amAddr, target stri
 			}
 		}
 	}
-	probe, own := byName[probeJob], byName[exporterJob]
-	if probe == nil || own == nil {
+	if byName[probeJob] == nil || byName[exporterJob] == nil {
 		t.Fatalf("%s has no job %s or %s", shippedPrometheusConfig, probeJob, exporterJob)
 	}
+	return byName
+}
+
+// routeToExporters takes the shipped probe relabelling and points it at
+// these exporters, as README.md tells users without Kubernetes to: the
+// hashmod's modulus becomes their number, and the rule that builds the
+// replica's address from the shard becomes one rule per exporter. Nothing
+// else changes, so the shards are the shipped rules' own.
+func routeToExporters(t *testing.T, shipped any, exporters []string) []any {
+	t.Helper()
+	rules, _ := shipped.([]any)
+	var out []any
+	hashmods, addresses := 0, 0
+	shardLabel := ""
+	for _, rc := range rules {
+		orig, ok := rc.(map[string]any)
+		if !ok {
+			t.Fatalf("%s: job %s: relabel config %v is not a map", shippedPrometheusConfig, probeJob, rc)
+		}
+		c := map[string]any{}
+		for k, v := range orig {
+			c[k] = v
+		}
+		switch {
+		case c["action"] == "hashmod":
+			if _, ok := c["modulus"]; !ok {
+				t.Fatalf("%s: job %s: hashmod without a modulus: %v", shippedPrometheusConfig, probeJob, c)
+			}
+			c["modulus"] = len(exporters)
+			shardLabel, _ = c["target_label"].(string)
+			hashmods++
+		case c["target_label"] == "__address__":
+			if _, ok := c["replacement"]; !ok {
+				break
+			}
+			source, _ := c["source_labels"].([]any)
+			if len(source) != 1 || source[0] != shardLabel || shardLabel == "" {
+				t.Fatalf("%s: job %s: the exporter address is not built from the hashmod's shard label %q: %v",
+					shippedPrometheusConfig, probeJob, shardLabel, c)
+			}
+			addresses++
+			for i, addr := range exporters {
+				out = append(out, map[string]any{
+					"source_labels": source,
+					"regex":         strconv.Itoa(i),
+					"target_label":  "__address__",
+					"replacement":   addr,
+				})
+			}
+			continue
+		}
+		out = append(out, c)
+	}
+	if hashmods != 1 || addresses != 1 {
+		t.Fatalf("%s: job %s: %d hashmod rules and %d rules setting the exporter address (__address__), want 1 of each",
+			shippedPrometheusConfig, probeJob, hashmods, addresses)
+	}
+	return out
+}
+
+// prometheusConfig takes the shipped prometheus.yml and keeps its probe job
+// and the exporter's own job, with their parameters and relabeling as
+// shipped; only addresses and intervals change: the target is the lab, the
+// relabeling's exporter address is the exporter under test (the only
+// replica), and alerts go to the Alertmanager under test.
+func prometheusConfig(t *testing.T, rulesFile, exporterAddr, amAddr, target string, scrapeInterval, evaluationInterval time.Duration) prometheusSetup {
+	t.Helper()
+	byName := shippedJobs(t)
+	probe, own := byName[probeJob], byName[exporterJob]
 
 	var setup prometheusSetup
 	if params, ok := probe["params"].(map[string]any); ok {
@@ -135,33 +199,7 @@ func prometheusConfig(t *testing.T, rulesFile, exporterAddr, amAddr, target stri
 	if setup.module == "" {
 		t.Fatalf("%s: job %s has no single module parameter", shippedPrometheusConfig, probeJob)
 	}
-
-	// The relabeling is a YAML alias shared by several jobs: copy it
-	// before changing the one address in it.
-	shippedRelabel, _ := probe["relabel_configs"].([]any)
-	var relabel []any
-	replaced := 0
-	for _, rc := range shippedRelabel {
-		orig, ok := rc.(map[string]any)
-		if !ok {
-			t.Fatalf("%s: job %s: relabel config %v is not a map", shippedPrometheusConfig, probeJob, rc)
-		}
-		c := map[string]any{}
-		for k, v := range orig {
-			c[k] = v
-		}
-		if c["target_label"] == "__address__" {
-			if _, ok := c["replacement"]; ok {
-				c["replacement"] = exporterAddr
-				replaced++
-			}
-		}
-		relabel = append(relabel, c)
-	}
-	if replaced != 1 {
-		t.Fatalf("%s: job %s: %d relabelings set the exporter address (__address__), want 1", shippedPrometheusConfig, probeJob, replaced)
-	}
-	probe["relabel_configs"] = relabel
+	probe["relabel_configs"] = routeToExporters(t, probe["relabel_configs"], []string{exporterAddr})
 	// Both jobs are scraped every scrapeInterval, and a probe may take
 	// all of it.
 	for _, job := range []map[string]any{probe, own} {
