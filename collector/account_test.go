@@ -39,6 +39,11 @@ func TestOneLoginPerAccount(t *testing.T) {
 	cfg := newTestConfig(t, "modules:\n  submission:"+module("PLAIN", "")+"  login:"+module("LOGIN", "")+
 		"  disabled:"+module("PLAIN", "      expect_auth_rejected: true\n"))
 	env := newTestEnv(t, HandlerOpts{Config: cfg})
+	// Every outcome of every module that logs in has a series from the
+	// start, so that the first login counts in increase().
+	if n := testutil.CollectAndCount(loginCounters{env.handler.gate.m.logins, cfg}, "smtp_exporter_logins_total"); n != 3*len(loginOutcomes) {
+		t.Errorf("%d logins_total series before any probe, want %d", n, 3*len(loginOutcomes))
+	}
 	port := srv.Port()
 	spellings := []string{
 		fmt.Sprintf("127.0.0.1:%d", port),

@@ -25,7 +25,7 @@ type Options struct {
 	MaxConcurrent int
 	// Registerer receives the exporter's own probing metrics.
 	Registerer prometheus.Registerer
-	// Probe runs a probe; nil means prober.Probe.
+	// Probe runs a probe; nil means prober.ProbeTarget.
 	Probe ProbeFunc
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/smtp-exporter/smtp_exporter/config"
 	"github.com/smtp-exporter/smtp_exporter/prober"
 )
 
@@ -180,6 +181,42 @@ func newGateMetrics() gateMetrics {
 
 func (m gateMetrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.inFlight, m.logins, m.held}
+}
+
+// The outcome label values of smtp_exporter_logins_total.
+const (
+	loginAccepted  = "accepted"
+	loginRefused   = "refused"   // the credentials were refused
+	loginThrottled = "throttled" // a reply that holds logins without refusing them
+	loginFailed    = "failed"    // anything else: timeout, policy refusal, ...
+)
+
+var loginOutcomes = []string{loginAccepted, loginRefused, loginThrottled, loginFailed}
+
+// withModules returns collectors for /metrics whose logins_total has a
+// series, 0 until the first login, for every outcome of every module of the
+// live configuration that logs in: a counter that appears only at its
+// first increment loses that increment to rate() and increase().
+func (m gateMetrics) withModules(sc *config.SafeConfig) []prometheus.Collector {
+	return []prometheus.Collector{m.inFlight, m.held, loginCounters{m.logins, sc}}
+}
+
+type loginCounters struct {
+	*prometheus.CounterVec
+	config *config.SafeConfig
+}
+
+func (c loginCounters) Collect(ch chan<- prometheus.Metric) {
+	if cfg := c.config.Get(); cfg != nil {
+		for name, module := range cfg.Modules {
+			if module.SMTP.Auth != nil {
+				for _, outcome := range loginOutcomes {
+					c.WithLabelValues(name, outcome)
+				}
+			}
+		}
+	}
+	c.CounterVec.Collect(ch)
 }
 
 // flight is a probe running for one or more requests.
@@ -410,15 +447,15 @@ func (g *gate) record(req gateRequest, entry *Entry) {
 func loginOutcome(r *prober.Result) string {
 	switch {
 	case r.AuthSuccess:
-		return "accepted"
+		return loginAccepted
 	case r.Failure == nil:
-		return "failed"
+		return loginFailed
 	case r.Failure.Reason.RefusesCredentials():
-		return "refused"
+		return loginRefused
 	case r.Failure.Reason.HoldsLogins():
-		return "throttled"
+		return loginThrottled
 	}
-	return "failed"
+	return loginFailed
 }
 
 // hold starts a hold of the request's account after entry's refusal.

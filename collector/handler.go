@@ -129,7 +129,7 @@ func NewHandler(opts HandlerOpts) *Handler {
 	}
 	if opts.Registerer != nil {
 		opts.Registerer.MustRegister(h.moduleUnknown, h.rejected)
-		opts.Registerer.MustRegister(h.gate.m.collectors()...)
+		opts.Registerer.MustRegister(h.gate.m.withModules(h.config)...)
 	}
 	return h
 }

@@ -198,7 +198,11 @@ func emittedMetrics(t *testing.T) map[string][]string {
 	reg := prometheus.NewRegistry()
 	// As in main.go.
 	reg.MustRegister(versioncollector.NewCollector("smtp_exporter"))
-	collector.NewExporter(collector.Options{Config: config.NewSafeConfig(reg), Registerer: reg})
+	live := config.NewSafeConfig(reg)
+	if err := live.Reload(shippedConfig); err != nil {
+		t.Fatal(err)
+	}
+	collector.NewExporter(collector.Options{Config: live, Registerer: reg})
 	gather(t, reg, metrics)
 	for name, labels := range prometheusOwnMetrics {
 		metrics[name] = labels
