@@ -345,7 +345,9 @@ func (g *gate) lookup(req gateRequest, now time.Time) (Answer, bool) {
 					ans.Entry = a.entry
 				}
 				return ans, true
-			case a.deciding:
+			case a.deciding && g.flights[req.key] == nil:
+				// The deciding login is another key's: wait for its verdict
+				// held. (A request of its own key shares it.)
 				hold := a.hold
 				hold.Deciding = true
 				return Answer{Provenance: Held, Hold: &hold}, true

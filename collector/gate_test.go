@@ -298,10 +298,23 @@ func TestGateHoldsTheAccount(t *testing.T) {
 	if ans.Provenance != Held || ans.Hold == nil || !ans.Hold.Deciding {
 		t.Errorf("while the deciding login runs: %+v", ans)
 	}
+	// A request of the deciding login's own key shares it.
+	shared := make(chan Answer, 1)
+	waited := make(chan struct{})
+	g.waited = func() { close(waited) }
+	go func() {
+		ans, _ := g.decide(context.Background(), first, r.run)
+		shared <- ans
+	}()
+	<-waited
 	close(release)
 	if ans := <-decided; ans.Provenance != Fresh || !ans.Entry.Success {
 		t.Errorf("deciding login: %+v", ans)
 	}
+	if ans := <-shared; ans.Provenance != Shared || !ans.Entry.Success {
+		t.Errorf("same key as the deciding login: %+v", ans)
+	}
+	g.waited = nil
 	// Accepted: the account is free.
 	if ans := decide(t, g, request("implicit", "192.0.2.2:465", "alice", 0, backoff), r.run); ans.Provenance != Fresh {
 		t.Errorf("after an accepted login: %v", ans.Provenance)
