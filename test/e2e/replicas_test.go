@@ -70,12 +70,6 @@ func TestOneLoginPerAccountAcrossReplicas(t *testing.T) {
 	began := time.Now()
 	h := newHarness(t, replicasBudget)
 
-	srv := newLoginServer(t)
-	targets := []string{
-		net.JoinHostPort("127.0.0.1", strconv.Itoa(srv.server.Port())),
-		net.JoinHostPort("localhost", strconv.Itoa(srv.server.Port())),
-	}
-
 	good := replicasAccount{label: "good", username: "good@example.net", password: "right-password",
 		modules: map[string]string{"good_plain": "PLAIN", "good_login": "LOGIN"}}
 	wrong := replicasAccount{username: "wrong@example.net", password: "wrong-password",
@@ -86,8 +80,12 @@ func TestOneLoginPerAccountAcrossReplicas(t *testing.T) {
 			wrong.label = label
 		}
 	}
-	srv.passwords = map[string]string{good.username: good.password, wrong.username: "the-real-password"}
 	accounts := []replicasAccount{good, wrong}
+	srv := newLoginServer(t, map[string]string{good.username: good.password, wrong.username: "the-real-password"})
+	targets := []string{
+		net.JoinHostPort("127.0.0.1", strconv.Itoa(srv.server.Port())),
+		net.JoinHostPort("localhost", strconv.Itoa(srv.server.Port())),
+	}
 
 	exporters := []string{h.freeAddr(), h.freeAddr()}
 	configFile := writeConfig(t, h.dir, "smtp_exporter.yml", replicasExporterConfig(accounts))
@@ -245,14 +243,29 @@ func TestOneLoginPerAccountAcrossReplicas(t *testing.T) {
 		}
 	}
 
-	// The exporters' own account of it, for the log.
-	for _, api := range apis[:1] {
-		if text, err := api.vector(`sum by (instance, module, outcome) (smtp_exporter_logins_total)`); err == nil {
-			t.Logf("smtp_exporter_logins_total as Prometheus scraped it: %s", text)
+	// The exporters' own account: only the replica of an account made
+	// logins for its modules (smtp_exporter_logins_total, scraped from
+	// every replica by the smtp_exporter job).
+	for _, a := range accounts {
+		modules := strings.Join(sortedKeys(a.modules), "|")
+		samples, err := apis[0].query(fmt.Sprintf(`sum by (instance) (smtp_exporter_logins_total{module=~%q}) > 0`, modules))
+		if err != nil {
+			t.Fatal(err)
 		}
-		if text, err := api.vector(`sum by (instance, module, reason) (smtp_exporter_logins_held_total)`); err == nil {
-			t.Logf("smtp_exporter_logins_held_total as Prometheus scraped it: %s", text)
+		var instances []string
+		for _, s := range samples {
+			instances = append(instances, s.Metric["instance"])
 		}
+		if len(instances) != 1 || instances[0] != want[a.label] {
+			t.Errorf("account %s: smtp_exporter_logins_total counts logins of modules %s at %v, want only at its replica %s",
+				a.label, modules, instances, want[a.label])
+		}
+	}
+	if text, err := apis[0].vector(`sum by (instance, module, outcome) (smtp_exporter_logins_total) > 0`); err == nil {
+		t.Logf("smtp_exporter_logins_total: %s", text)
+	}
+	if text, err := apis[0].vector(`sum by (instance, module, reason) (smtp_exporter_logins_held_total) > 0`); err == nil {
+		t.Logf("smtp_exporter_logins_held_total: %s", text)
 	}
 	t.Logf("scenario done in %v", time.Since(began).Round(time.Millisecond))
 }
@@ -503,14 +516,14 @@ func offsets(at []time.Time, t0 time.Time) string {
 // against a few accounts and records every AUTH exchange.
 type loginServer struct {
 	server    *smtptest.Server
-	passwords map[string]string // set before the first connection
+	passwords map[string]string // username -> password, read-only
 
 	mu   sync.Mutex
 	seen []login
 }
 
-func newLoginServer(t *testing.T) *loginServer {
-	s := &loginServer{}
+func newLoginServer(t *testing.T, passwords map[string]string) *loginServer {
+	s := &loginServer{passwords: passwords}
 	s.server = smtptest.NewScripted(t, smtptest.AuthSession{
 		Host:       "mx.e2e.test",
 		Extensions: []string{"AUTH PLAIN LOGIN", "ENHANCEDSTATUSCODES"},
