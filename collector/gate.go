@@ -61,7 +61,7 @@ type gateRequest struct {
 	// that takes no part in holds (no auth, auth_failure_backoff 0,
 	// expect_auth_rejected) or whose credentials cannot be read now (it
 	// fails in setup without logging in).
-	account    [sha256.Size]byte
+	account    config.Account
 	hasAccount bool
 	// minInterval is the module's min_interval, backoff its
 	// auth_failure_backoff; 0 is off.
@@ -94,6 +94,9 @@ type Answer struct {
 	// NextLogin is the earliest time a login may run for this request
 	// again; zero for no limit.
 	NextLogin time.Time
+	// Released is set when a hold of the account ended because its
+	// credentials changed.
+	Released bool
 }
 
 // Hold is a pause of an account's logins after a refusal or throttling.
@@ -147,7 +150,10 @@ type gate struct {
 	// the front of lru is the most recently used.
 	stored   map[resultKey]*list.Element
 	lru      *list.List
-	accounts map[[sha256.Size]byte]*account
+	// accounts holds the accounts whose last login was refused or
+	// throttled, each with the secret refused: another secret of the
+	// account is not held by it.
+	accounts map[config.Account]*account
 	// lastSweep is when sweep last looked for expired results.
 	lastSweep time.Time
 }
@@ -258,7 +264,7 @@ func newGate(limit, maxConcurrent int) *gate {
 		flights:  map[resultKey]*flight{},
 		stored:   map[resultKey]*list.Element{},
 		lru:      list.New(),
-		accounts: map[[sha256.Size]byte]*account{},
+		accounts: map[config.Account]*account{},
 	}
 	if maxConcurrent > 0 {
 		g.slots = make(chan struct{}, maxConcurrent)
@@ -276,6 +282,7 @@ func (g *gate) decide(ctx context.Context, req gateRequest, run func() *Entry) (
 	// timed out: this request then runs its own rather than join another
 	// such probe.
 	shorter := false
+	released := false
 	if req.direct {
 		if !g.acquire() {
 			return Answer{}, errBusy
@@ -286,7 +293,9 @@ func (g *gate) decide(ctx context.Context, req gateRequest, run func() *Entry) (
 		g.mu.Lock()
 		now := g.now()
 		g.sweep(now)
-		if ans, ok := g.lookup(req, now); ok {
+		ans, ok := g.lookup(req, now)
+		released = released || ans.Released
+		if ok {
 			g.mu.Unlock()
 			if ans.Provenance == Held {
 				g.m.held.WithLabelValues(req.key.module, string(ans.Hold.Reason)).Inc()
@@ -297,6 +306,7 @@ func (g *gate) decide(ctx context.Context, req gateRequest, run func() *Entry) (
 			g.mu.Unlock()
 			ans, retry, err := g.wait(ctx, req, f)
 			if !retry {
+				ans.Released = released
 				return ans, err
 			}
 			shorter = true
@@ -315,7 +325,7 @@ func (g *gate) decide(ctx context.Context, req gateRequest, run func() *Entry) (
 			}
 		}
 		g.mu.Unlock()
-		return Answer{Entry: g.fly(req, f, decider, run), Provenance: Fresh}, nil
+		return Answer{Entry: g.fly(req, f, decider, run), Provenance: Fresh, Released: released}, nil
 	}
 }
 
@@ -333,10 +343,15 @@ func (g *gate) acquire() bool {
 }
 
 // lookup finds an answer that needs no probe: a hold, or a result within
-// min_interval. g.mu must be held.
+// min_interval. When the account is held with another secret, the answer
+// that is not ok says that this one is tried. g.mu must be held.
 func (g *gate) lookup(req gateRequest, now time.Time) (Answer, bool) {
 	if req.hasAccount {
-		if a := g.accounts[req.account]; a != nil {
+		a := g.accounts[req.account]
+		if a == nil && g.heldWithAnotherSecret(req.account, now) {
+			return Answer{Released: true}, false
+		}
+		if a != nil {
 			switch {
 			case now.Before(a.hold.Until):
 				hold := a.hold
@@ -365,6 +380,17 @@ func (g *gate) lookup(req gateRequest, now time.Time) (Answer, bool) {
 	}
 	g.lru.MoveToFront(el)
 	return Answer{Entry: s.entry, Provenance: Reused, NextLogin: s.reuseUntil}, true
+}
+
+// heldWithAnotherSecret reports whether the account's logins are held
+// after a refusal of a secret other than acc's. g.mu must be held.
+func (g *gate) heldWithAnotherSecret(acc config.Account, now time.Time) bool {
+	for other, a := range g.accounts {
+		if other.ID == acc.ID && now.Before(a.hold.Until) {
+			return true
+		}
+	}
+	return false
 }
 
 // wait waits for a running probe. retry is set when its result is a

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/smtp-exporter/smtp_exporter/config"
 	"github.com/smtp-exporter/smtp_exporter/prober"
 )
 
@@ -81,7 +83,13 @@ func request(module, address, account string, minInterval, backoff time.Duration
 	req := gateRequest{key: resultKey{module: module, address: address}, minInterval: minInterval, backoff: backoff,
 		deadline: farDeadline}
 	if account != "" {
-		req.account, req.hasAccount = sha256.Sum256([]byte(account)), true
+		// "user:secret", or "user" with the secret "s".
+		user, secret, found := strings.Cut(account, ":")
+		if !found {
+			secret = "s"
+		}
+		req.account = config.Account{ID: sha256.Sum256([]byte(user)), Secret: sha256.Sum256([]byte(secret))}
+		req.hasAccount = true
 	}
 	return req
 }
@@ -351,6 +359,33 @@ func cut(s string) (string, string, bool) {
 		}
 	}
 	return s, "", false
+}
+
+// A new secret is tried at once, and says that the hold of the old one no
+// longer applies; the old secret stays held (a module still configured with
+// it gains no login).
+func TestGateNewSecretEndsTheHold(t *testing.T) {
+	g, clock := newTestGate(0, 0)
+	r := &runner{clock: clock}
+	r.set(true, false, prober.PhaseAuth, prober.ReasonAuthRejected)
+	old := request("submission", "192.0.2.1:587", "alice:old", 0, time.Hour)
+	renewed := request("implicit", "192.0.2.2:465", "alice:new", 0, time.Hour)
+	decide(t, g, old, r.run)
+	if ans := decide(t, g, old, r.run); ans.Provenance != Held {
+		t.Fatalf("old secret: %v", ans.Provenance)
+	}
+	if ans := decide(t, g, renewed, r.run); ans.Provenance != Fresh || !ans.Released {
+		t.Errorf("new secret: %+v, want a fresh login and the release", ans)
+	}
+	if ans := decide(t, g, renewed, r.run); ans.Provenance != Held || ans.Hold.ProbeID != "p-2" || ans.Released {
+		t.Errorf("new secret refused: %+v, want held by p-2", ans)
+	}
+	if ans := decide(t, g, old, r.run); ans.Provenance != Held || ans.Hold.ProbeID != "p-1" {
+		t.Errorf("old secret again: %+v, want still held by p-1", ans)
+	}
+	if n := r.calls.Load(); n != 2 {
+		t.Errorf("%d logins, want 2", n)
+	}
 }
 
 // Throttling holds logins like a refusal; a refusal that says nothing of the

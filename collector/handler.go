@@ -263,8 +263,8 @@ func (h *Handler) gateRequest(module config.Module, moduleName string, text modu
 		direct:      dest.Failure != nil,
 	}
 	if req.backoff > 0 {
-		if sum, err := module.SMTP.Auth.Account(); err == nil {
-			req.account, req.hasAccount = sum, true
+		if account, err := module.SMTP.Auth.Account(); err == nil {
+			req.account, req.hasAccount = account, true
 		}
 	}
 	return req
@@ -274,11 +274,14 @@ func (h *Handler) gateRequest(module config.Module, moduleName string, text modu
 // for this request is in the history; an answer that stands in for one
 // says so at the top of its log, and in its age.
 func (h *Handler) present(ans Answer, target, moduleName string, module config.Module, text moduleText, timeout time.Duration) *Entry {
+	log := h.logger.With("module", moduleName, "target", target)
+	if ans.Released {
+		log.Info("Releasing the hold on the account's logins: its credentials changed")
+	}
 	if ans.Provenance == Fresh {
 		return ans.Entry
 	}
 	now := time.Now()
-	log := h.logger.With("module", moduleName, "target", target)
 	var entry Entry
 	switch {
 	case ans.Entry != nil:

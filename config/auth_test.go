@@ -105,10 +105,10 @@ modules:
 	}
 }
 
-// The account key changes when the identity or any secret the module logs
-// in with changes, so that the hold after a rejection ends with a new
-// password, is the same for two modules of one account, and is not the
-// secret itself.
+// The account's ID is the same for every module that logs in as one user and
+// its Secret changes when any secret it logs in with changes, so that a
+// hold after a rejection spans the account's modules and ends with a new
+// password; neither is the secret itself.
 func TestAccount(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, content string) string {
@@ -124,14 +124,16 @@ func TestAccount(t *testing.T) {
 	secretFile := write("secret", "client-secret-1")
 	refreshFile := write("refresh", "refresh-1")
 
-	hash := func(a *Auth) [32]byte {
+	account := func(a *Auth) Account {
 		t.Helper()
-		h, err := a.Account()
+		acc, err := a.Account()
 		if err != nil {
 			t.Fatal(err)
 		}
-		return h
+		return acc
 	}
+	hash := func(a *Auth) [32]byte { return account(a).Secret }
+	id := func(a *Auth) [32]byte { return account(a).ID }
 	for _, tc := range []struct {
 		name   string
 		auth   *Auth
@@ -149,22 +151,26 @@ func TestAccount(t *testing.T) {
 		if strings.Contains(string(before[:]), "password") || strings.Contains(string(before[:]), "token") {
 			t.Errorf("%s: hash holds the secret", tc.name)
 		}
+		idBefore := id(tc.auth)
 		tc.change()
 		if after := hash(tc.auth); after == before {
 			t.Errorf("%s: hash unchanged after the secret changed", tc.name)
+		}
+		if id(tc.auth) != idBefore {
+			t.Errorf("%s: the account's ID changed with its secret", tc.name)
 		}
 	}
 	// The same text as a password and as a token are different credentials.
 	if hash(&Auth{Password: "x"}) == hash(&Auth{TokenFile: write("x", "x")}) {
 		t.Error("a password and a token with the same text hash alike")
 	}
-	if hash(&Auth{Username: "a", Password: "x"}) == hash(&Auth{Username: "b", Password: "x"}) {
+	if id(&Auth{Username: "a", Password: "x"}) == id(&Auth{Username: "b", Password: "x"}) {
 		t.Error("two usernames with one password are one account")
 	}
-	if hash(&Auth{Username: "a", Password: "x", Mechanism: "PLAIN"}) != hash(&Auth{Username: "a", PasswordFile: write("a", "x\n"), Mechanism: "LOGIN"}) {
+	if account(&Auth{Username: "a", Password: "x", Mechanism: "PLAIN"}) != account(&Auth{Username: "a", PasswordFile: write("a", "x\n"), Mechanism: "LOGIN"}) {
 		t.Error("one username and password, inline and from a file, with two mechanisms, are two accounts")
 	}
-	if hash(&Auth{Username: "a", OAuth2: &OAuth2{ClientID: "c1", ClientSecret: "s"}}) == hash(&Auth{Username: "a", OAuth2: &OAuth2{ClientID: "c2", ClientSecret: "s"}}) {
+	if id(&Auth{Username: "a", OAuth2: &OAuth2{ClientID: "c1", ClientSecret: "s"}}) == id(&Auth{Username: "a", OAuth2: &OAuth2{ClientID: "c2", ClientSecret: "s"}}) {
 		t.Error("two OAuth clients are one account")
 	}
 	if _, err := (&Auth{PasswordFile: filepath.Join(dir, "missing")}).Account(); err == nil {

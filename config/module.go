@@ -235,57 +235,65 @@ func (o *OAuth2) ReadRefreshToken() (string, error) {
 	return readSecretFile(o.RefreshTokenFile)
 }
 
-// Account identifies the account the module logs in as, and the secrets
-// it would log in with now, read from their files afresh: the username (for
-// OAuth also the client and its token endpoint) and a SHA-256 of the
-// password, the token file, or the client secret and refresh token. Two
-// modules that log in as one account with one secret have the same
-// Account, whatever their other settings; a changed secret makes a new one.
-// It keeps no secret.
-func (a *Auth) Account() ([sha256.Size]byte, error) {
-	h := sha256.New()
-	write := func(s string) {
-		var n [8]byte
-		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
-		h.Write(n[:])
-		h.Write([]byte(s))
-	}
-	write(a.Username)
-	if o := a.OAuth2; o != nil {
-		write(o.ClientID)
-		write(o.TokenURL)
-	}
+// Account is who a module logs in as, and with which secret, as digests.
+type Account struct {
+	// ID is a SHA-256 of the username (for OAuth also the client and its
+	// token endpoint): the same for every module that logs in as one
+	// account.
+	ID [sha256.Size]byte
+	// Secret is a SHA-256 of the password, the token, or the client secret
+	// and refresh token, as read now: it changes when they do.
+	Secret [sha256.Size]byte
+}
+
+// Account returns the module's account, reading the secrets from their
+// files afresh. It keeps no secret.
+func (a *Auth) Account() (Account, error) {
 	var parts []string
 	switch {
 	case a.TokenFile != "":
 		token, err := a.ReadToken()
 		if err != nil {
-			return [sha256.Size]byte{}, err
+			return Account{}, err
 		}
 		parts = []string{"token", token}
 	case a.OAuth2 != nil:
 		secret, err := a.OAuth2.ReadClientSecret()
 		if err != nil {
-			return [sha256.Size]byte{}, err
+			return Account{}, err
 		}
 		refresh, err := a.OAuth2.ReadRefreshToken()
 		if err != nil {
-			return [sha256.Size]byte{}, err
+			return Account{}, err
 		}
 		parts = []string{"oauth2", secret, refresh}
 	default:
 		password, err := a.ReadPassword()
 		if err != nil {
-			return [sha256.Size]byte{}, err
+			return Account{}, err
 		}
 		parts = []string{"password", password}
 	}
-	for _, p := range parts {
-		write(p)
+	id := []string{a.Username}
+	if o := a.OAuth2; o != nil {
+		id = append(id, o.ClientID, o.TokenURL)
+	}
+	return Account{ID: digest(id), Secret: digest(parts)}, nil
+}
+
+// digest is a SHA-256 of strings, each prefixed with its length so that
+// moving text from one to the next changes it.
+func digest(parts []string) [sha256.Size]byte {
+	h := sha256.New()
+	for _, s := range parts {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
+		h.Write(n[:])
+		h.Write([]byte(s))
 	}
 	var sum [sha256.Size]byte
 	h.Sum(sum[:0])
-	return sum, nil
+	return sum
 }
 
 // InlineSecrets returns the secrets written in the module itself, which its

@@ -259,7 +259,7 @@ func TestPasswordFileRotation(t *testing.T) {
 	if age := m.MustValue(t, "probe_smtp_result_age_seconds", nil); age <= 0 {
 		t.Errorf("probe_smtp_result_age_seconds %v for a held login, want the age of the rejection", age)
 	}
-	if held := waitLogLines(e, "Login held after an authentication rejection; returning the rejection again", 1); held != 1 {
+	if held := waitLogLines(e, "Login held", 1); held != 1 {
 		t.Errorf("%d warnings about a held login, want 1", held)
 	}
 	if sessions := waitLogLines(e, "Beginning probe", 2); sessions != 2 {
@@ -275,7 +275,7 @@ func TestPasswordFileRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	loginWorks("with the lab's password restored")
-	if released := waitLogLines(e, "Releasing the hold on logins after an authentication rejection", 1); released != 1 {
+	if released := waitLogLines(e, "Releasing the hold on the account's logins: its credentials changed", 1); released != 1 {
 		t.Errorf("%d log lines about releasing the hold, want 1", released)
 	}
 
