@@ -148,8 +148,8 @@ type gate struct {
 	flights map[resultKey]*flight
 	// stored maps a key to its element in lru, whose value is *storedResult;
 	// the front of lru is the most recently used.
-	stored   map[resultKey]*list.Element
-	lru      *list.List
+	stored map[resultKey]*list.Element
+	lru    *list.List
 	// accounts holds the accounts whose last login was refused or
 	// throttled, each with the secret refused: another secret of the
 	// account is not held by it.
