@@ -25,8 +25,11 @@ import (
 // Load figures: how many probes run at once against a server that holds
 // every connection silent, and how many run against a fast one.
 const (
-	loadProbes      = 1000
-	loadTimeout     = 2 * time.Second
+	loadProbes = 1000
+	// loadTimeout is the silent probes' timeout: long enough that however
+	// slowly a loaded machine starts them, they are all in flight together;
+	// the server ends them when the test has seen that.
+	loadTimeout     = time.Minute
 	loadFastProbes  = 2000
 	loadFastWorkers = 50
 	// loadRejected requests are sent over the limit.
@@ -79,12 +82,15 @@ func raiseFDLimit(t *testing.T, probes int) int {
 }
 
 // TestLoad runs loadProbes probes at once against a server that never
-// says a word, with --probe.max-concurrent at loadProbes: every probe must
-// end at its timeout, requests over the limit get 503 at once, /metrics and
-// /-/healthy answer within a second throughout, and afterwards goroutines
-// and heap return to where they were. Then it measures throughput against
-// a fast server. The whole test is bounded: every probe has a 2s timeout
-// and every HTTP request one of 30s.
+// says a word, with --probe.max-concurrent at loadProbes: once all are in
+// flight, requests over the limit get 503 at once and /metrics and
+// /-/healthy answer within a second; then the server closes every
+// connection, every probe reports it, and afterwards goroutines and heap
+// return to where they were. Then it measures throughput against a fast
+// server. Nothing waits on a clock: the probes end when the server closes
+// them, not at a timeout a loaded machine could reach before the last one
+// started. The whole test is bounded: every probe has a one-minute timeout
+// and every HTTP request one of two minutes.
 func TestLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("load test: skipped in -short mode")
@@ -93,7 +99,12 @@ func TestLoad(t *testing.T) {
 	probes := raiseFDLimit(t, loadProbes/divide)
 	fastProbes := loadFastProbes / divide
 
-	silent := smtptest.NewScripted(t, func(c *smtptest.Conn) { c.WaitClosed() })
+	// The silent server holds every connection until release is closed.
+	release := make(chan struct{})
+	silent := smtptest.NewScripted(t, func(c *smtptest.Conn) { <-release })
+	var releaseOnce sync.Once
+	end := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(end) // before the server's own cleanup, which waits for its handlers
 	fast := smtptest.NewServer(t, smtptest.Options{})
 	// Requests for one module and target share a single session, so every
 	// request gets a module of its own: slow0, slow1, ... for the silent
@@ -122,7 +133,7 @@ func TestLoad(t *testing.T) {
 	mux.Handle("/-/healthy", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "Healthy\n") }))
 	ts := httptest.NewServer(mux)
 	transport := &http.Transport{MaxIdleConns: probes + 64, MaxIdleConnsPerHost: probes + 64}
-	client := &http.Client{Transport: transport, Timeout: 30 * time.Second}
+	client := &http.Client{Transport: transport, Timeout: 2 * time.Minute}
 
 	type outcome struct {
 		status int
@@ -155,13 +166,14 @@ func TestLoad(t *testing.T) {
 			results[i] = get(slowQuery("slow", i))
 		}()
 	}
-	full := time.Now().Add(20 * time.Second)
+	full := time.Now().Add(loadTimeout / 2)
 	for testutil.ToFloat64(handler.gate.m.inFlight) < float64(probes) {
 		if time.Now().After(full) {
-			t.Fatalf("only %v of %d probes in flight after 20s", testutil.ToFloat64(handler.gate.m.inFlight), probes)
+			t.Fatalf("only %v of %d probes in flight after %v", testutil.ToFloat64(handler.gate.m.inFlight), probes, loadTimeout/2)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	startedIn := time.Since(loadStart)
 	peakGoroutines := runtime.NumGoroutine()
 
 	// Over the limit: 503 at once.
@@ -179,7 +191,7 @@ func TestLoad(t *testing.T) {
 
 	// The exporter's own endpoints stay responsive while the probes wait.
 	var slowestMetrics, slowestHealthy time.Duration
-	for testutil.ToFloat64(handler.gate.m.inFlight) > 0 && time.Since(loadStart) < loadTimeout+10*time.Second {
+	for range 20 {
 		for path, slowest := range map[string]*time.Duration{"/metrics": &slowestMetrics, "/-/healthy": &slowestHealthy} {
 			o := get(path)
 			if o.err != nil || o.status != http.StatusOK {
@@ -187,8 +199,11 @@ func TestLoad(t *testing.T) {
 			}
 			*slowest = max(*slowest, o.took)
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
+	if n := testutil.ToFloat64(handler.gate.m.inFlight); n != float64(probes) {
+		t.Errorf("%v probes in flight while the server holds them all, want %d", n, probes)
+	}
+	end()
 	wg.Wait()
 	loadTook := time.Since(loadStart)
 	for _, path := range []string{"/metrics", "/-/healthy"} {
@@ -201,8 +216,8 @@ func TestLoad(t *testing.T) {
 		if o.err != nil || o.status != http.StatusOK {
 			t.Fatalf("probe %d: status %d, %v", i, o.status, o.err)
 		}
-		if !strings.Contains(o.body, `probe_smtp_failure_info{phase="banner",reason="timeout"} 1`) {
-			t.Fatalf("probe %d did not time out in the banner:\n%s", i, o.body)
+		if !strings.Contains(o.body, `probe_smtp_failure_info{phase="banner",reason="connection_closed"} 1`) {
+			t.Fatalf("probe %d did not end in the banner when the server closed:\n%s", i, o.body)
 		}
 		m := probeDurationPattern.FindStringSubmatch(o.body)
 		if m == nil {
@@ -216,15 +231,6 @@ func TestLoad(t *testing.T) {
 		slowestResponse = max(slowestResponse, o.took)
 	}
 	results = nil
-	// A thousand probes reach their deadline in the same instant, on
-	// however few CPUs: allow for the wait to be scheduled.
-	if slowestProbe > loadTimeout+slack*time.Second {
-		t.Errorf("a probe with a %v timeout took %v", loadTimeout, slowestProbe)
-	}
-	// The response also waited for a connection and for the CPU.
-	if slowestResponse > loadTimeout+slack*5*time.Second {
-		t.Errorf("a probe with a %v timeout was answered after %v", loadTimeout, slowestResponse)
-	}
 
 	// Throughput against a server that answers at once.
 	jobs := make(chan struct{})
@@ -280,8 +286,8 @@ func TestLoad(t *testing.T) {
 		t.Errorf("heap grew by %d MiB over the load", grown>>20)
 	}
 
-	t.Logf("%d silent probes in %v (%.0f probes/s), peak %d goroutines; slowest: probe %v, response %v, rejection %v, /metrics %v, /-/healthy %v",
-		probes, loadTook.Round(time.Millisecond), float64(probes)/loadTook.Seconds(), peakGoroutines,
+	t.Logf("%d silent probes all in flight after %v, ended by the server after %v, peak %d goroutines; slowest: probe %v, response %v, rejection %v, /metrics %v, /-/healthy %v",
+		probes, startedIn.Round(time.Millisecond), loadTook.Round(time.Millisecond), peakGoroutines,
 		slowestProbe.Round(time.Millisecond), slowestResponse.Round(time.Millisecond), slowestRejection.Round(time.Millisecond),
 		slowestMetrics.Round(time.Millisecond), slowestHealthy.Round(time.Millisecond))
 	t.Logf("%d fast probes by %d clients in %v: %.0f probes/s", fastProbes, loadFastWorkers,
