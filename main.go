@@ -42,6 +42,7 @@ func main() {
 // run is main without os.Exit, so that deferred cleanups run and tests can
 // call it. It returns the process exit code.
 func run(args []string, signals chan os.Signal) int {
+	fillVersion()
 	app := kingpin.New(exporterName, "Prometheus exporter that probes SMTP servers: connection, TLS, authentication and delivery.")
 	var (
 		configFile    = app.Flag("config.file", "smtp_exporter configuration file.").Default("smtp_exporter.yml").String()
