@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"unicode"
 
+	"github.com/smtp-exporter/smtp_exporter/internal/printable"
 	"github.com/smtp-exporter/smtp_exporter/prober"
 )
 
@@ -43,35 +43,8 @@ func (e *Entry) WriteDebug(w io.Writer) error {
 // "[  0.012s] S: 220 ready".
 func writeTranscript(b *strings.Builder, lines []prober.TranscriptLine) {
 	for _, l := range lines {
-		fmt.Fprintf(b, "[%8.3fs] %s: %s\n", l.At.Seconds(), printable(string(l.Dir)), printable(l.Text))
+		fmt.Fprintf(b, "[%8.3fs] %s: %s\n", l.At.Seconds(), printable.String(string(l.Dir)), printable.String(l.Text))
 	}
-}
-
-// printable makes server-sent text safe to show on a terminal or in a
-// browser's text view: invalid UTF-8 is replaced and control characters are
-// written as escapes, so a server cannot forge log lines or send terminal
-// control sequences.
-func printable(s string) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	if !strings.ContainsFunc(s, isUnsafeRune) {
-		return s
-	}
-	var b strings.Builder
-	for _, r := range s {
-		switch {
-		case !isUnsafeRune(r):
-			b.WriteRune(r)
-		case r <= 0xff:
-			fmt.Fprintf(&b, "\\x%02x", r)
-		default:
-			fmt.Fprintf(&b, "\\u%04x", r)
-		}
-	}
-	return b.String()
-}
-
-func isUnsafeRune(r rune) bool {
-	return r != '\t' && (unicode.IsControl(r) || r == '\u2028' || r == '\u2029')
 }
 
 // boundResult returns r with its transcript cut to what the history may

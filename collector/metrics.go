@@ -11,10 +11,10 @@ import (
 	"strings"
 	"time"
 	"unicode"
-	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/smtp-exporter/smtp_exporter/internal/printable"
 	"github.com/smtp-exporter/smtp_exporter/prober"
 )
 
@@ -376,21 +376,8 @@ func isKeyword(s string) bool {
 }
 
 // certLabel makes a certificate field a safe label value: valid UTF-8 (or
-// the scrape would fail), no control characters and a bounded length.
+// the scrape would fail), what cannot be seen escaped as on the pages (the
+// label shows in debug output) and a bounded length.
 func certLabel(s string) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	s = strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
-			return '?'
-		}
-		return r
-	}, s)
-	if len(s) <= maxCertLabelLen {
-		return s
-	}
-	cut := maxCertLabelLen
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut]
+	return printable.Bounded(s, maxCertLabelLen)
 }

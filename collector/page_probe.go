@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/smtp-exporter/smtp_exporter/internal/printable"
 	"github.com/smtp-exporter/smtp_exporter/prober"
 )
 
@@ -18,14 +19,18 @@ import (
 // a target, a server or a certificate is a plain string here and escaped by
 // html/template when the page is rendered; none is marked safe.
 type probePage struct {
-	ID       uint64
-	ProbeID  string
-	Time     string
-	Module   string
-	Target   string
-	Timeout  string
-	Success  bool
-	Duration string
+	ID      uint64
+	ProbeID string
+	Time    string
+	Module  string
+	// Target is the target parameter as shown, with invisible characters
+	// escaped; TargetParam is the parameter as given, for the link that
+	// runs the probe again (html/template percent-encodes it there).
+	Target      string
+	TargetParam string
+	Timeout     string
+	Success     bool
+	Duration    string
 	// Provenance and Notice say where the result came from when its probe
 	// did not run for this request (shared, reused, held).
 	Provenance string
@@ -195,7 +200,7 @@ func newTLSView(r *prober.Result, now time.Time) tlsView {
 		v.Established = true
 		v.Version = tls.VersionName(s.Version)
 		v.Cipher = tls.CipherSuiteName(s.CipherSuite)
-		v.ServerName = printable(s.ServerName)
+		v.ServerName = printable.String(s.ServerName)
 		v.Verified = s.Verified
 	}
 	for _, c := range r.Certificates {
@@ -214,9 +219,9 @@ func newCertView(c prober.Certificate, now time.Time) certView {
 		names = append(names, "and "+plural(c.OmittedNames, "more name"))
 	}
 	v := certView{
-		Subject:   printable(c.Subject),
-		Issuer:    printable(c.Issuer),
-		Names:     printable(strings.Join(names, ", ")),
+		Subject:   printable.String(c.Subject),
+		Issuer:    printable.String(c.Issuer),
+		Names:     printable.String(strings.Join(names, ", ")),
 		Serial:    c.Serial,
 		NotBefore: c.NotBefore.UTC().Format(time.RFC3339),
 		NotAfter:  c.NotAfter.UTC().Format(time.RFC3339),
@@ -263,7 +268,7 @@ type extensionList struct {
 func newCapabilities(r *prober.Result) capabilities {
 	c := capabilities{
 		AuthMechanisms: printableAll(r.AuthMechanisms),
-		AuthMechanism:  printable(r.AuthMechanism),
+		AuthMechanism:  printable.String(r.AuthMechanism),
 		AuthAttempted:  r.AuthAttempted,
 		AuthSuccess:    r.AuthSuccess,
 		HELOFallback:   r.HELOFallback,
@@ -285,7 +290,7 @@ func newCapabilities(r *prober.Result) capabilities {
 func printableAll(list []string) []string {
 	out := make([]string, len(list))
 	for i, s := range list {
-		out[i] = printable(s)
+		out[i] = printable.String(s)
 	}
 	return out
 }
@@ -318,8 +323,8 @@ func newDeliveryView(r *prober.Result) *deliveryView {
 		RecipientsAccepted: r.RecipientsAccepted,
 		MessageAccepted:    r.MessageAccepted,
 		Data:               data,
-		QueueID:            printable(r.QueueID),
-		MessageID:          printable(r.MessageID),
+		QueueID:            printable.String(r.QueueID),
+		MessageID:          printable.String(r.MessageID),
 	}
 }
 
@@ -335,7 +340,7 @@ type transcriptRow struct {
 func newTranscript(lines []prober.TranscriptLine) []transcriptRow {
 	rows := make([]transcriptRow, 0, len(lines))
 	for _, l := range lines {
-		row := transcriptRow{At: formatDuration(l.At), Dir: printable(string(l.Dir)), Text: printable(l.Text)}
+		row := transcriptRow{At: formatDuration(l.At), Dir: printable.String(string(l.Dir)), Text: printable.String(l.Text)}
 		switch l.Dir {
 		case prober.Client:
 			row.Class = "client"
@@ -412,7 +417,8 @@ func newProbePage(e *Entry, now time.Time) probePage {
 		Notice:       e.Notice,
 		Time:         e.Time.UTC().Format("2006-01-02 15:04:05Z"),
 		Module:       e.Module,
-		Target:       e.Target,
+		Target:       printable.String(e.Target),
+		TargetParam:  e.Target,
 		Timeout:      formatDuration(e.Timeout),
 		Success:      e.Success,
 		Duration:     formatDuration(e.Duration),
@@ -428,7 +434,7 @@ func newProbePage(e *Entry, now time.Time) probePage {
 	if r.IP.IsValid() {
 		p.Address = netip.AddrPortFrom(r.IP, uint16(r.Port)).String()
 	} else if r.Host != "" {
-		p.Address = net.JoinHostPort(printable(r.Host), strconv.Itoa(r.Port)) + " (not connected)"
+		p.Address = net.JoinHostPort(printable.String(r.Host), strconv.Itoa(r.Port)) + " (not connected)"
 	}
 	if r.DNSLookupTime > 0 {
 		p.DNSLookup = formatDuration(r.DNSLookupTime)
@@ -436,7 +442,7 @@ func newProbePage(e *Entry, now time.Time) probePage {
 	if !e.Success {
 		f := &failureView{Phase: string(e.FailurePhase), Reason: string(e.FailureReason)}
 		if r.Failure != nil && r.Failure.Err != nil {
-			f.Detail = printable(r.Failure.Err.Error())
+			f.Detail = printable.String(r.Failure.Err.Error())
 		}
 		if f.Reason == "" {
 			// A prober that returned no result, or one that failed without

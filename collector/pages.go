@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/smtp-exporter/smtp_exporter/config"
+	"github.com/smtp-exporter/smtp_exporter/internal/printable"
 )
 
 //go:embed templates/*.html
@@ -106,7 +107,7 @@ func newProbeRow(e *Entry) probeRow {
 		ID:       e.ID,
 		Time:     e.Time.UTC().Format("2006-01-02 15:04:05Z"),
 		Module:   e.Module,
-		Target:   e.Target,
+		Target:   printable.String(e.Target),
 		Success:  e.Success,
 		Phase:    string(e.FailurePhase),
 		Reason:   string(e.FailureReason),

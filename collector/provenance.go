@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/smtp-exporter/smtp_exporter/config"
+	"github.com/smtp-exporter/smtp_exporter/internal/printable"
 	"github.com/smtp-exporter/smtp_exporter/prober"
 )
 
@@ -26,7 +27,7 @@ func notice(ans Answer, e *Entry, module config.Module, now time.Time) string {
 			e.ProbeID, ago(now.Sub(e.Time)), clock(e.Time), module.MinInterval, clock(ans.NextLogin))
 	case Held:
 		h := ans.Hold
-		refused := fmt.Sprintf("probe %s (module %s, target %s) got %s at %s", h.ProbeID, h.Module, printable(h.Target), reply(h), clock(h.Since))
+		refused := fmt.Sprintf("probe %s (module %s, target %s) got %s at %s", h.ProbeID, h.Module, printable.String(h.Target), reply(h), clock(h.Since))
 		if h.Deciding {
 			return fmt.Sprintf("Login held: %s; that hold has passed and another request's login is finding out whether it still holds. "+
 				"No login was made for this request.", refused)

@@ -174,7 +174,7 @@ func TestTranscriptScrubsSecretsAndBoundsLines(t *testing.T) {
 	if last := tr.lines[len(tr.lines)-1]; last.Text != "transcript truncated" {
 		t.Errorf("last line %q", last.Text)
 	}
-	if got := printable("a\x00b\x1bc\xffd", 100); got != "a\uFFFDb\uFFFDc\uFFFDd" {
+	if got := printable("a\x00b\x1bc\xffd\u202ee", 100); got != `a\x00b\x1bc`+"\uFFFD"+`d\u202ee` {
 		t.Errorf("printable = %q", got)
 	}
 }

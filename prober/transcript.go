@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strings"
 	"time"
-	"unicode/utf8"
 )
 
 // Transcript bounds: a hostile server must not make a Result grow without
@@ -150,24 +149,4 @@ func (t *transcript) add(dir Direction, text string) {
 		t.truncated = true
 		t.lines = append(t.lines, TranscriptLine{At: time.Since(t.start), Dir: Note, Text: "transcript truncated"})
 	}
-}
-
-// printable makes s safe to store and show: valid UTF-8, control
-// characters as U+FFFD, at most max bytes.
-func printable(s string, max int) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	s = strings.Map(func(r rune) rune {
-		if (r < 0x20 && r != '\t') || r == 0x7f {
-			return utf8.RuneError
-		}
-		return r
-	}, s)
-	if len(s) <= max {
-		return s
-	}
-	cut := max
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "..."
 }

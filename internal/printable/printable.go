@@ -29,7 +29,8 @@ func Unsafe(r rune) bool {
 }
 
 // String returns s as valid UTF-8 with every unsafe rune written as an
-// escape in Go's notation: \x1b, \u202e, \U000e0001. Invalid UTF-8 becomes
+// escape in the notation of Go's strconv.Quote, which the log uses: \x1b,
+// \u0085, \u202e, \U000e0001. Invalid UTF-8 becomes
 // U+FFFD. Safe text is returned as it is, and String(String(s)) ==
 // String(s).
 func String(s string) string {
@@ -72,7 +73,7 @@ func escape(b []byte, r rune) []byte {
 	var prefix string
 	var digits int
 	switch {
-	case r <= 0xff:
+	case r < utf8.RuneSelf:
 		prefix, digits = `\x`, 2
 	case r <= 0xffff:
 		prefix, digits = `\u`, 4
