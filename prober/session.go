@@ -374,19 +374,43 @@ func (p *probe) rset() bool {
 	return true
 }
 
-// quit ends the session. A server that closes the connection instead of
-// answering, once the work is done, does not fail the probe.
+// quitWait bounds the wait for the reply to QUIT: the work is done by then,
+// and a server that never answers must not hold the probe to its timeout.
+const quitWait = time.Second
+
+// quit ends the session. The reply is awaited for quitWait at most, less
+// when the probe's deadline is nearer. A 221 that does not come, because
+// the server closes the connection or says nothing in time, does not fail
+// the probe: the quit phase records no code, and the transcript and the
+// log say what happened. Any other reply, or a broken one, fails it.
 func (p *probe) quit() {
 	start := p.begin(PhaseQuit)
+	wait := start.Add(quitWait)
+	if deadline, ok := p.ctx.Deadline(); ok && deadline.Before(wait) {
+		wait = deadline
+	}
+	// Only ever nearer than the deadline set from the context. A
+	// connection that cannot take it is closed already, which the read
+	// reports.
+	_ = p.c.nc.SetReadDeadline(wait)
 	rep, err := p.c.cmd(221, "QUIT")
 	p.finish(PhaseQuit, start, rep)
 	if err == nil {
 		return
 	}
 	var re *ReplyError
-	if !errors.As(err, &re) && p.ioReason(err) == ReasonConnectionClosed {
-		p.tr.note("server closed the connection instead of answering QUIT")
-		return
+	if !errors.As(err, &re) {
+		switch p.ioReason(err) {
+		case ReasonConnectionClosed:
+			p.tr.note("server closed the connection instead of answering QUIT")
+			p.logger.Info("Server closed the connection instead of answering QUIT")
+			return
+		case ReasonTimeout:
+			waited := time.Since(start).Round(time.Millisecond)
+			p.tr.note("no reply to QUIT after %v: closing the connection without the 221", waited)
+			p.logger.Info("Server did not answer QUIT; closing the connection", "waited_seconds", waited.Seconds())
+			return
+		}
 	}
 	p.failReply(PhaseQuit, err, unexpected)
 }
