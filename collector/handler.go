@@ -173,18 +173,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	deadline := time.Now().Add(timeout)
-	// A probe runs to its own deadline and is not cancelled when the
-	// request that started it goes away, since others may be waiting for
-	// it.
-	probeCtx, cancel := context.WithDeadline(context.WithoutCancel(r.Context()), deadline)
-	defer cancel()
-	dest := h.resolve(probeCtx, target, &module.SMTP)
-	ans, err := h.gate.decide(r.Context(), h.gateRequest(module, moduleName, text, dest, deadline), func() *Entry {
-		entry := h.run(probeCtx, dest, target, moduleName, module, text, timeout)
-		h.history.Add(entry)
-		return entry
-	})
+	entry, err := h.answer(r.Context(), target, moduleName, module, text, timeout)
 	switch {
 	case errors.Is(err, errBusy):
 		h.rejected.Inc()
@@ -193,7 +182,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		return // the request went away
 	}
-	entry := h.present(ans, target, moduleName, module, text, timeout)
 
 	if view == "html" {
 		writeProbePage(w, h.logger, entry)
@@ -211,6 +199,30 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(h.collectorFor(entry.Result, entry.Timeout, module, entry.age))
 	promhttp.HandlerFor(registry, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}).ServeHTTP(w, r)
+}
+
+// answer is the part of a request that every caller shares, once the
+// parameters are checked: resolve the target, ask the gate for a result (a
+// probe run now, or one that stands in for it), turn it into the entry to
+// show. The error is errBusy, or ctx's when the caller went away while
+// waiting for another request's probe.
+func (h *Handler) answer(ctx context.Context, target, moduleName string, module config.Module, text moduleText, timeout time.Duration) (*Entry, error) {
+	deadline := time.Now().Add(timeout)
+	// A probe runs to its own deadline and is not cancelled when the
+	// request that started it goes away, since others may be waiting for
+	// it.
+	probeCtx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+	defer cancel()
+	dest := h.resolve(probeCtx, target, &module.SMTP)
+	ans, err := h.gate.decide(ctx, h.gateRequest(module, moduleName, text, dest, deadline), func() *Entry {
+		entry := h.run(probeCtx, dest, target, moduleName, module, text, timeout)
+		h.history.Add(entry)
+		return entry
+	})
+	if err != nil {
+		return nil, err
+	}
+	return h.present(ans, target, moduleName, module, text, timeout), nil
 }
 
 // writeExposition answers a scraper that takes the text format with the
