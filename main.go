@@ -126,7 +126,7 @@ func run(args []string, signals chan os.Signal) int {
 	route("/config", exporter.ConfigHandler())
 	route("/-/healthy", okHandler("Healthy"))
 	route("/-/ready", okHandler("Ready"))
-	route("/-/reload", reloadHandler(reloads))
+	route("/-/reload", reloadProtection().Handler(reloadHandler(reloads)))
 	if prefix != "/" {
 		// The bare prefix without its trailing slash leads to the landing page.
 		mux.Handle(prefix, http.RedirectHandler(prefix+"/", http.StatusFound))
@@ -134,7 +134,7 @@ func run(args []string, signals chan os.Signal) int {
 	mux.Handle(strings.TrimSuffix(prefix, "/")+"/{$}", exporter.LandingHandler())
 
 	server := &http.Server{
-		Handler:           mux,
+		Handler:           nosniff(mux),
 		ReadHeaderTimeout: 10 * time.Second,
 		// Idle keep-alive connections are closed after a while so that
 		// clients which never hang up cannot use up file descriptors.
@@ -208,6 +208,27 @@ func reloadHandler(requests chan<- chan error) http.Handler {
 			return
 		}
 		fmt.Fprintln(w, "Config reloaded.")
+	})
+}
+
+// reloadProtection refuses a POST /-/reload that a browser sends for a page
+// of another site, such as a hidden form: 403 when Sec-Fetch-Site says
+// cross-site or same-site, or, from older browsers, when Origin names
+// another host than the request's. Requests with neither header (curl,
+// Prometheus tooling, a sidecar watching the file) and same-origin ones,
+// such as a browser on the exporter's own pages, pass.
+func reloadProtection() *http.CrossOriginProtection {
+	return http.NewCrossOriginProtection()
+}
+
+// nosniff marks every response, whatever its route and status, as the
+// content type it says it is: a browser must never guess that the plain
+// text of a debug output or an error, which holds a server's words, is a
+// page or a script.
+func nosniff(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		h.ServeHTTP(w, r)
 	})
 }
 

@@ -1,15 +1,19 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/smtp-exporter/smtp_exporter/internal/smtptest"
 )
 
 func TestConfigCheck(t *testing.T) {
@@ -234,5 +238,118 @@ func TestResolveRoutePrefix(t *testing.T) {
 	}
 	if _, err := resolveRoutePrefix("://bad", ""); err == nil {
 		t.Error("bad external URL accepted")
+	}
+}
+
+// TestEveryResponseIsNosniff asks every route of the real server for each
+// of its answers, successes and errors, and requires
+// X-Content-Type-Options: nosniff on all of them.
+func TestEveryResponseIsNosniff(t *testing.T) {
+	srv := smtptest.NewServer(t, smtptest.Options{NoAuth: true})
+	path := filepath.Join(t.TempDir(), "smtp_exporter.yml")
+	writeFile(t, path, "modules:\n  m:\n    timeout: 5s\n    smtp:\n      tls: none\n      allowed_targets: [\"127.0.0.1\"]\n")
+	base, _ := exporter(t, path)
+	probe := "/probe?module=m&target=" + url.QueryEscape(srv.Addr())
+
+	for _, tc := range []struct {
+		method, path string
+		header       http.Header
+		code         int
+	}{
+		{"GET", probe, nil, http.StatusOK},
+		{"GET", probe, http.Header{"Accept": {"application/openmetrics-text; version=1.0.0"}}, http.StatusOK},
+		{"GET", probe, http.Header{"Accept": {"application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited"}}, http.StatusOK},
+		{"GET", probe + "&debug=true", nil, http.StatusOK},
+		{"GET", probe + "&view=html", nil, http.StatusOK},
+		{"GET", "/probe?module=m", nil, http.StatusBadRequest},
+		{"GET", "/probe?module=nope&target=127.0.0.1", nil, http.StatusBadRequest},
+		{"GET", "/metrics", nil, http.StatusOK},
+		{"GET", "/", nil, http.StatusOK},
+		{"GET", "/logs?id=1", nil, http.StatusOK},
+		{"GET", "/logs?id=1", http.Header{"Accept": {"text/html"}}, http.StatusOK},
+		{"GET", "/logs?id=999999", nil, http.StatusNotFound},
+		{"GET", "/logs?id=x", nil, http.StatusBadRequest},
+		{"GET", "/config", nil, http.StatusOK},
+		{"GET", "/-/healthy", nil, http.StatusOK},
+		{"GET", "/-/ready", nil, http.StatusOK},
+		{"GET", "/-/reload", nil, http.StatusMethodNotAllowed},
+		{"POST", "/-/reload", nil, http.StatusOK},
+		{"POST", "/-/reload", http.Header{"Sec-Fetch-Site": {"cross-site"}}, http.StatusForbidden},
+		{"GET", "/no-such-page", nil, http.StatusNotFound},
+	} {
+		req, err := http.NewRequest(tc.method, base+tc.path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header = tc.header
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		name := tc.method + " " + tc.path
+		if resp.StatusCode != tc.code {
+			t.Errorf("%s %v: status %d, want %d: %s", name, tc.header, resp.StatusCode, tc.code, body)
+		}
+		if got := resp.Header.Values("X-Content-Type-Options"); len(got) != 1 || got[0] != "nosniff" {
+			t.Errorf("%s %v: X-Content-Type-Options %q, want nosniff", name, tc.header, got)
+		}
+	}
+	if srv.Connections() == 0 {
+		t.Error("no probe reached the server")
+	}
+}
+
+// TestReloadRefusesCrossSiteRequests sends the requests a form or a script
+// on another site makes a browser send, and the requests of curl, tooling
+// and the exporter's own pages: only the latter reload.
+func TestReloadRefusesCrossSiteRequests(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "smtp_exporter.yml")
+	writeFile(t, path, "modules:\n  first:\n    smtp:\n      tls: none\n")
+	base, _ := exporter(t, path)
+	host := strings.TrimPrefix(base, "http://")
+
+	for i, tc := range []struct {
+		name   string
+		header http.Header
+		reload bool
+	}{
+		{"cross-site form", http.Header{"Sec-Fetch-Site": {"cross-site"}, "Origin": {"https://attacker.example"}}, false},
+		{"same-site page", http.Header{"Sec-Fetch-Site": {"same-site"}, "Origin": {"http://other.localhost"}}, false},
+		{"old browser, other origin", http.Header{"Origin": {"https://attacker.example"}}, false},
+		{"old browser, null origin", http.Header{"Origin": {"null"}}, false},
+		{"curl", nil, true},
+		{"same origin", http.Header{"Sec-Fetch-Site": {"same-origin"}, "Origin": {base}}, true},
+		{"typed by the user", http.Header{"Sec-Fetch-Site": {"none"}}, true},
+		{"old browser, same origin", http.Header{"Origin": {"http://" + host}}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			module := fmt.Sprintf("module%d", i)
+			writeFile(t, path, "modules:\n  "+module+":\n    smtp:\n      tls: none\n")
+			req, err := http.NewRequest(http.MethodPost, base+"/-/reload", strings.NewReader("x=1"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header = tc.header.Clone()
+			if req.Header == nil {
+				req.Header = http.Header{}
+			}
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			_, cfg := get(t, base+"/config")
+			reloaded := strings.Contains(cfg, module+":")
+			switch {
+			case tc.reload && (resp.StatusCode != http.StatusOK || !reloaded):
+				t.Errorf("status %d (%s), reloaded %v; want 200 and a reload", resp.StatusCode, body, reloaded)
+			case !tc.reload && (resp.StatusCode != http.StatusForbidden || reloaded):
+				t.Errorf("status %d (%s), reloaded %v; want 403 and no reload", resp.StatusCode, body, reloaded)
+			}
+		})
 	}
 }
