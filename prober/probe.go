@@ -431,6 +431,10 @@ func (p *probe) handshake(ph Phase) bool {
 		if isVersionMismatch(err) {
 			return p.fail(ph, ReasonTLSVersion, err)
 		}
+		// Everything else, a connection reset or closed by the server
+		// during the handshake included, is tls_handshake rather than
+		// connection_closed: the session broke in TLS, and the phase and
+		// the error say how.
 		return p.fail(ph, ReasonTLSHandshake, err)
 	}
 	state := tc.ConnectionState()
