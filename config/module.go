@@ -194,7 +194,7 @@ func (a *Auth) ReadPassword() (string, error) {
 	if a.PasswordFile == "" {
 		return string(a.Password), nil
 	}
-	return readSecretFile(a.PasswordFile)
+	return readSecretFile("password_file", a.PasswordFile)
 }
 
 // UsesToken reports whether the module logs in with a bearer token rather
@@ -214,7 +214,7 @@ func (a *Auth) AutoMechanisms() []string {
 
 // ReadToken returns the access token in token_file, read afresh.
 func (a *Auth) ReadToken() (string, error) {
-	return readSecretFile(a.TokenFile)
+	return readSecretFile("token_file", a.TokenFile)
 }
 
 // ReadClientSecret returns the client secret, reading client_secret_file
@@ -223,7 +223,7 @@ func (o *OAuth2) ReadClientSecret() (string, error) {
 	if o.ClientSecretFile == "" {
 		return string(o.ClientSecret), nil
 	}
-	return readSecretFile(o.ClientSecretFile)
+	return readSecretFile("client_secret_file", o.ClientSecretFile)
 }
 
 // ReadRefreshToken returns the refresh token, read afresh; "" for the client
@@ -232,7 +232,7 @@ func (o *OAuth2) ReadRefreshToken() (string, error) {
 	if o.RefreshTokenFile == "" {
 		return "", nil
 	}
-	return readSecretFile(o.RefreshTokenFile)
+	return readSecretFile("refresh_token_file", o.RefreshTokenFile)
 }
 
 // Account is who a module logs in as, and with which secret, as digests.
@@ -310,9 +310,11 @@ func (m *Module) InlineSecrets() []string {
 	return secrets
 }
 
-// readSecretFile reads a secret from a file, dropping surrounding newlines.
-func readSecretFile(path string) (string, error) {
-	data, err := os.ReadFile(path)
+// readSecretFile reads a secret from a file named under key, dropping
+// surrounding newlines. Only a regular file of at most MaxSecretFileBytes
+// is read (see ReadFile).
+func readSecretFile(key, path string) (string, error) {
+	data, err := ReadFile(key, path, MaxSecretFileBytes)
 	if err != nil {
 		return "", err
 	}

@@ -3,24 +3,17 @@ package message
 import (
 	"bytes"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"mime"
 	"mime/multipart"
 	"mime/quotedprintable"
 	"net/textproto"
-	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/smtp-exporter/smtp_exporter/config"
 )
-
-// MaxAttachmentBytes caps each attachment, so that a path pointing at a log
-// file or a disk image fails the probe clearly instead of sending it.
-const MaxAttachmentBytes = 10 << 20
 
 // base64LineLength is the RFC 2045 limit for base64 lines.
 const base64LineLength = 76
@@ -106,7 +99,7 @@ func multipartEntity(subtype string, parts ...entity) entity {
 
 // attachmentEntity reads the file now and encodes it as base64.
 func attachmentEntity(a config.Attachment) (entity, error) {
-	data, err := readAttachment(a.Path)
+	data, err := config.ReadFile("attachment", a.Path, config.MaxAttachmentBytes)
 	if err != nil {
 		return entity{}, err
 	}
@@ -145,43 +138,6 @@ func attachmentEntity(a config.Attachment) (entity, error) {
 		},
 		content: b.Bytes(),
 	}, nil
-}
-
-// readAttachment reads a regular file of at most MaxAttachmentBytes. Errors
-// name the path once: the file system's own path is stripped.
-func readAttachment(path string) ([]byte, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("attachment %s: %w", path, withoutPath(err))
-	}
-	// Opening a FIFO would block the probe until someone writes to it.
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("attachment %s: not a regular file", path)
-	}
-	if fi.Size() > MaxAttachmentBytes {
-		return nil, fmt.Errorf("attachment %s: %d bytes is more than the limit of %d", path, fi.Size(), MaxAttachmentBytes)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("attachment %s: %w", path, withoutPath(err))
-	}
-	defer f.Close()
-	// The file may have grown since Stat.
-	data, err := io.ReadAll(io.LimitReader(f, MaxAttachmentBytes+1))
-	if err != nil {
-		return nil, fmt.Errorf("attachment %s: %w", path, withoutPath(err))
-	}
-	if len(data) > MaxAttachmentBytes {
-		return nil, fmt.Errorf("attachment %s: more than the limit of %d bytes", path, MaxAttachmentBytes)
-	}
-	return data, nil
-}
-
-func withoutPath(err error) error {
-	if pe, ok := errors.AsType[*fs.PathError](err); ok {
-		return pe.Err
-	}
-	return err
 }
 
 // attachmentContentType normalises the configured type, or guesses one from

@@ -515,7 +515,7 @@ func TestAttachmentErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Sparse: takes no disk space.
-	if err := f.Truncate(MaxAttachmentBytes + 1); err != nil {
+	if err := f.Truncate(config.MaxAttachmentBytes + 1); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
