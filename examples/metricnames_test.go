@@ -280,6 +280,23 @@ func populatedResult(t *testing.T, module config.Module, success bool) *prober.R
 	return r
 }
 
+var templateAction = regexp.MustCompile(`(?s)\{\{.*?\}\}`)
+
+// templateQueries returns the queries in an annotation template: the
+// strings inside its actions that hold a selector. Text outside the
+// actions is prose, where an apostrophe is not a quote.
+func templateQueries(text string) []string {
+	var out []string
+	for _, action := range templateAction.FindAllString(text, -1) {
+		for _, s := range stringLiteral.FindAllString(action, -1) {
+			if strings.Contains(s, "{") {
+				out = append(out, s[1:len(s)-1])
+			}
+		}
+	}
+	return out
+}
+
 // queries is every PromQL expression the examples contain, keyed by where
 // it is.
 func queries(t *testing.T) map[string]string {
@@ -287,12 +304,9 @@ func queries(t *testing.T) map[string]string {
 	out := map[string]string{}
 	for _, r := range loadRules(t) {
 		out["rule "+r.Alert] = r.Expr
-		// Queries in templates: the strings that hold a selector.
 		for name, text := range r.Annotations {
-			for i, s := range stringLiteral.FindAllString(text, -1) {
-				if strings.Contains(s, "{") {
-					out["rule "+r.Alert+" annotation "+name+" query "+string(rune('0'+i))] = s[1 : len(s)-1]
-				}
+			for i, q := range templateQueries(text) {
+				out["rule "+r.Alert+" annotation "+name+" query "+string(rune('0'+i))] = q
 			}
 		}
 	}

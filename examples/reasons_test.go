@@ -65,3 +65,48 @@ func TestAuthAlertExplainsEveryReason(t *testing.T) {
 		}
 	}
 }
+
+// reasonsExplained are, for the failure alerts other than
+// SMTPAuthenticationFailing, the reasons each can fire with that its
+// description explains in a sentence of its own; any other reason gets the
+// last sentence, which points at the probe log.
+var reasonsExplained = map[string][]prober.Reason{
+	"SMTPServerUnreachable": {
+		prober.ReasonDNS, prober.ReasonConnectionRefused, prober.ReasonConnectionFailed, prober.ReasonTimeout,
+		prober.ReasonConnectionClosed, prober.ReasonServiceUnavailable, prober.ReasonProtocolError,
+	},
+	"SMTPProbeMisconfigured": {
+		prober.ReasonTargetNotAllowed, prober.ReasonTargetInvalid, prober.ReasonCredentials,
+		prober.ReasonTokenUnavailable, prober.ReasonMessageUnavailable, prober.ReasonCertificate,
+	},
+	"SMTPTLSBroken": {prober.ReasonCertificate, prober.ReasonTLSVersion, prober.ReasonTLSHandshake},
+	"SMTPCanaryNotAccepted": {
+		prober.ReasonSenderRejected, prober.ReasonMessageTooLarge, prober.ReasonRecipientRejected,
+		prober.ReasonRecipientDeferred, prober.ReasonMessageRejected, prober.ReasonMessageDeferred,
+	},
+	"SMTPProbeFailing": {
+		prober.ReasonTimeout, prober.ReasonConnectionClosed, prober.ReasonUnexpectedReply, prober.ReasonProtocolError,
+		prober.ReasonServiceUnavailable, prober.ReasonAuthOfferedWithoutTLS, prober.ReasonInsecureMechanism,
+	},
+}
+
+// TestFailureAlertsExplainTheirReasons checks that each failure alert says
+// what the reason that fired means, rather than listing every reason it
+// covers.
+func TestFailureAlertsExplainTheirReasons(t *testing.T) {
+	descriptions := map[string]string{}
+	for _, r := range loadRules(t) {
+		descriptions[r.Alert] = r.Annotations["description"]
+	}
+	for alert, reasons := range reasonsExplained {
+		explained := map[string]bool{}
+		for _, m := range templateReason.FindAllStringSubmatch(descriptions[alert], -1) {
+			explained[m[1]] = true
+		}
+		for _, reason := range reasons {
+			if !explained[string(reason)] {
+				t.Errorf("the %s description has no sentence for reason %s", alert, reason)
+			}
+		}
+	}
+}
