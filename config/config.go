@@ -11,6 +11,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -83,6 +84,43 @@ func (c *Config) Marshal() ([]byte, error) {
 func MarshalModule(m Module) ([]byte, error) {
 	return yaml.Marshal(m)
 }
+
+// MarshalYAML shows token_url as RedactURL does: keys sometimes live in
+// its query.
+func (o OAuth2) MarshalYAML() (any, error) {
+	type plain OAuth2
+	shown := plain(o)
+	shown.TokenURL = RedactURL(o.TokenURL)
+	return shown, nil
+}
+
+// RedactURL returns a URL as it may be shown: the value of every query
+// parameter and the fragment as <secret>, the names kept, so that a key in
+// the query never shows. A URL without query or fragment is returned as it
+// is.
+func RedactURL(raw string) string {
+	base, fragment, hasFragment := strings.Cut(raw, "#")
+	base, query, hasQuery := strings.Cut(base, "?")
+	if hasQuery {
+		params := strings.Split(query, "&")
+		for i, param := range params {
+			if name, _, found := strings.Cut(param, "="); found {
+				params[i] = name + "=" + secretMark
+			} else if param != "" {
+				params[i] = secretMark
+			}
+		}
+		base += "?" + strings.Join(params, "&")
+	}
+	if hasFragment && fragment != "" {
+		base += "#" + secretMark
+	}
+	return base
+}
+
+// secretMark is how marshalled configuration shows a secret, as
+// prometheus/common's Secret does.
+const secretMark = "<secret>"
 
 // SafeConfig holds the configuration in use and swaps it atomically on a
 // successful reload. Readers take a snapshot and never block a reload for

@@ -124,9 +124,10 @@ func (p *probe) newMechanism(name string) saslMechanism {
 	case config.MechanismSCRAMSHA1, config.MechanismSCRAMSHA256:
 		a := newSCRAM(name, user, p.password, p.tr.addSecret)
 		a.ctx = p.ctx
+		a.red = p.tr.red
 		return a
 	case config.MechanismXOAUTH2, config.MechanismOAUTHBEARER:
-		return &oauthAuth{name: name, username: user, token: p.token, host: p.r.Host, port: p.r.Port}
+		return &oauthAuth{name: name, username: user, token: p.token, host: p.r.Host, port: p.r.Port, red: p.tr.red}
 	}
 	return nil
 }

@@ -99,7 +99,7 @@ func (c *smtpConn) replyError(verb string, rep *Reply) *ReplyError {
 		Command:  verb,
 		Code:     rep.Code,
 		Enhanced: rep.Enhanced,
-		Message:  printable(c.tr.scrub(rep.Text()), 200),
+		Message:  c.tr.replyText(rep, 200),
 	}
 }
 
@@ -155,9 +155,11 @@ func (c *smtpConn) readLongLine(first []byte) ([]byte, error) {
 }
 
 // readReply reads a whole reply, single or multi-line, and only returns
-// once its final line ("code SP") is in.
+// once its final line ("code SP") is in. The transcript records the lines
+// read, whole reply or not, when it returns.
 func (c *smtpConn) readReply() (*Reply, error) {
 	c.ackNow()
+	defer c.tr.endReply()
 	rep := &Reply{}
 	for i := 0; ; i++ {
 		if i == maxReplyLines {
@@ -168,7 +170,7 @@ func (c *smtpConn) readReply() (*Reply, error) {
 			return nil, err
 		}
 		c.tr.server(line)
-		rl, err := parseReplyLine(line)
+		rl, err := parseReplyLine(line, c.tr.red)
 		if err != nil {
 			return nil, err
 		}

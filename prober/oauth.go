@@ -9,12 +9,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	promconfig "github.com/prometheus/common/config"
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
 
@@ -135,17 +135,19 @@ type oauthClient struct {
 	clientSecret string
 	refreshToken string
 	key          [sha256.Size]byte
+	// red redacts what the endpoint answers before an error shows it.
+	red *redactor
 }
 
 // newOAuthClient reads the client's secret files and computes its cache key.
 func newOAuthClient(cfg *config.OAuth2) (*oauthClient, error) {
 	secret, err := cfg.ReadClientSecret()
 	if err != nil {
-		return nil, fmt.Errorf("reading client_secret_file: %w", err)
+		return nil, fmt.Errorf("reading %w", err)
 	}
 	refresh, err := cfg.ReadRefreshToken()
 	if err != nil {
-		return nil, fmt.Errorf("reading refresh_token_file: %w", err)
+		return nil, fmt.Errorf("reading %w", err)
 	}
 	if cfg.RefreshTokenFile != "" && refresh == "" {
 		return nil, errors.New("refresh_token_file is empty")
@@ -209,7 +211,7 @@ func (c *oauthClient) grant() string {
 
 // fetch asks the token endpoint for a token, within ctx.
 func (c *oauthClient) fetch(ctx context.Context, refresh string) (*oauth2.Token, error) {
-	tlsConfig, err := promconfig.NewTLSConfig(&c.cfg.TLSConfig)
+	tlsConfig, err := tlsConfigs.get(&c.cfg.TLSConfig)
 	if err != nil {
 		return nil, fmt.Errorf("oauth2 tls_config: %w", err)
 	}
@@ -242,27 +244,34 @@ func (c *oauthClient) fetch(ctx context.Context, refresh string) (*oauth2.Token,
 		tok, err = oc.TokenSource(ctx, &oauth2.Token{RefreshToken: refresh}).Token()
 	}
 	if err != nil {
-		return nil, tokenEndpointError(err)
+		return nil, tokenEndpointError(err, c.red)
 	}
 	return tok, nil
 }
 
 // tokenEndpointError describes a failed token request without the
-// response body, which an endpoint may fill with anything.
-func tokenEndpointError(err error) error {
+// response body, which an endpoint may fill with anything. What it says of
+// the response (status, error, error_description) is redacted by red
+// before it is quoted or cut, and the URL of a failed request is shown
+// without the values of its query.
+func tokenEndpointError(err error, red *redactor) error {
 	var re *oauth2.RetrieveError
 	if !errors.As(err, &re) {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			return fmt.Errorf("token endpoint: %s %s: %w", ue.Op, config.RedactURL(ue.URL), ue.Err)
+		}
 		return fmt.Errorf("token endpoint: %w", err)
 	}
 	msg := "token endpoint refused the request"
 	if re.Response != nil {
-		msg += ": " + printable(re.Response.Status, 64)
+		msg += ": " + red.show(re.Response.Status, 64)
 	}
 	if re.ErrorCode != "" {
-		msg += ": error " + strconv.Quote(printable(re.ErrorCode, 64))
+		msg += ": error " + red.quote(re.ErrorCode, 64)
 	}
 	if re.ErrorDescription != "" {
-		msg += " (" + printable(re.ErrorDescription, 200) + ")"
+		msg += " (" + red.show(re.ErrorDescription, 200) + ")"
 	}
 	return errors.New(msg)
 }
@@ -278,6 +287,9 @@ type oauthAuth struct {
 	host           string
 	port           int
 	answeredPrompt bool
+	// red redacts the server's JSON error before it is cut or quoted; nil
+	// redacts nothing.
+	red *redactor
 }
 
 func (a *oauthAuth) blob() []byte {
@@ -324,9 +336,9 @@ func (a *oauthAuth) Next(challenge []byte) ([]byte, error) {
 		oe.Status = "unparsable error challenge"
 	} else {
 		verdict = oauthStatusReason(jsonString(raw["status"]))
-		oe.Status = printable(jsonString(raw["status"]), 32)
-		oe.Scope = printable(jsonString(raw["scope"]), 200)
-		oe.Schemes = printable(jsonString(raw["schemes"]), 64)
+		oe.Status = a.red.show(jsonString(raw["status"]), 32)
+		oe.Scope = a.red.clip(jsonString(raw["scope"]), 200)
+		oe.Schemes = a.red.show(jsonString(raw["schemes"]), 64)
 	}
 	dummy := []byte{}
 	if a.name == config.MechanismOAUTHBEARER {
@@ -354,7 +366,7 @@ func jsonString(v any) string {
 func readBearerToken(a *config.Auth) (string, error) {
 	token, err := a.ReadToken()
 	if err != nil {
-		return "", fmt.Errorf("reading token_file: %w", err)
+		return "", fmt.Errorf("reading %w", err)
 	}
 	token = strings.TrimSpace(token)
 	if token == "" {

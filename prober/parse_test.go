@@ -66,7 +66,7 @@ func TestParseReplyLine(t *testing.T) {
 		{"334 VXNlcm5hbWU6", 334, true, "VXNlcm5hbWU6"},
 		{"554\ttab allowed? no: separator", 0, false, ""},
 	} {
-		rl, err := parseReplyLine(tc.in)
+		rl, err := parseReplyLine(tc.in, nil)
 		if tc.code == 0 {
 			if err == nil {
 				t.Errorf("parseReplyLine(%q) accepted", tc.in)
@@ -79,7 +79,7 @@ func TestParseReplyLine(t *testing.T) {
 	}
 	for _, bad := range []string{"", "25", "2x0 ok", "099 no", "600 no", "190 no", "260 no", "250_ok", "250 a\x00b", "250 esc\x1b"} {
 		var pe *ProtocolError
-		if _, err := parseReplyLine(bad); !errors.As(err, &pe) {
+		if _, err := parseReplyLine(bad, nil); !errors.As(err, &pe) {
 			t.Errorf("parseReplyLine(%q) error %v, want a *ProtocolError", bad, err)
 		}
 	}

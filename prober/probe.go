@@ -85,6 +85,10 @@ func ProbeTarget(ctx context.Context, target Target, module config.Module, probe
 	for _, ph := range PlannedPhases(module) {
 		r.Phases = append(r.Phases, PhaseResult{Phase: ph})
 	}
+	// From here on every log record of the probe goes through the
+	// transcript's redactor.
+	tr := newTranscript(start, logger)
+	logger = tr.logger
 	p := &probe{
 		ctx:     ctx,
 		target:  target,
@@ -92,12 +96,13 @@ func ProbeTarget(ctx context.Context, target Target, module config.Module, probe
 		probeID: probeID,
 		logger:  logger,
 		r:       r,
-		tr:      newTranscript(start, logger),
+		tr:      tr,
 	}
 	p.run()
 
 	r.Duration = time.Since(start)
 	r.Transcript = p.tr.lines
+	p.tr.red.redactResult(r)
 	r.Success = r.Failure == nil
 	if f := r.Failure; f != nil {
 		logger.Error("Probe failed", "phase", f.Phase, "reason", f.Reason, "err", f.Err, "duration_seconds", r.Duration.Seconds())
@@ -202,13 +207,10 @@ func (p *probe) finish(ph Phase, start time.Time, rep *Reply) {
 // fail records the first failure; later ones (during the closing QUIT) are
 // only logged. It returns false so that steps can `return p.fail(...)`.
 func (p *probe) fail(ph Phase, reason Reason, err error) bool {
-	if err != nil {
-		// Keep the typed error for errors.As unless its text would show a
-		// secret.
-		if text := err.Error(); p.tr.scrub(text) != text {
-			err = errors.New(p.tr.scrub(text))
-		}
-	}
+	// Each part of the text that came from elsewhere was redacted before
+	// it was quoted or cut; this redacts the whole once more, and keeps the
+	// typed error for errors.As only while its text shows no secret.
+	err = p.tr.red.redactError(err)
 	switch reason {
 	case ReasonTimeout, ReasonConnectionClosed, ReasonProtocolError, ReasonTLSHandshake,
 		ReasonCertificate, ReasonServiceUnavailable, ReasonConnectionFailed, ReasonConnectionRefused:
@@ -281,7 +283,7 @@ func (p *probe) setup() bool {
 			return p.fail(PhaseSetup, ReasonCredentials, fmt.Errorf("reading password: %w", err))
 		}
 		p.password = password
-		p.tr.addSecret(password)
+		p.tr.addPassword(a.Username, password)
 	}
 
 	if m := p.smtp.Mail; m != nil && m.Data {
@@ -320,7 +322,7 @@ func (p *probe) obtainToken(a *config.Auth) bool {
 			return p.fail(PhaseSetup, ReasonTokenUnavailable, err)
 		}
 		p.token = token
-		p.tr.addSecret(token)
+		p.tr.addToken(a.Username, token, p.r.Host, p.r.Port)
 		return true
 	}
 	client, err := newOAuthClient(a.OAuth2)
@@ -328,6 +330,7 @@ func (p *probe) obtainToken(a *config.Auth) bool {
 		p.logger.Error("Cannot read the OAuth 2.0 client's secrets", "err", err)
 		return p.fail(PhaseSetup, ReasonTokenUnavailable, err)
 	}
+	client.red = p.tr.red
 	p.tr.addSecret(client.clientSecret)
 	p.tr.addSecret(client.refreshToken)
 	token, err := client.token(p.ctx, oauthTokens, p.logger)
@@ -339,7 +342,7 @@ func (p *probe) obtainToken(a *config.Auth) bool {
 	}
 	p.oauth = client
 	p.token = token
-	p.tr.addSecret(token)
+	p.tr.addToken(a.Username, token, p.r.Host, p.r.Port)
 	return true
 }
 

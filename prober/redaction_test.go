@@ -155,6 +155,7 @@ func TestTranscriptScrubsSecretsAndBoundsLines(t *testing.T) {
 	tr.addSecret("hunter2-password")
 	tr.addSecret("x") // too short to scrub without mangling everything
 	tr.server("535 5.7.8 bad password hunter2-password for user x")
+	tr.replyDone(535)
 	if got := tr.lines[0].Text; got != "535 5.7.8 bad password "+Redacted+" for user x" {
 		t.Errorf("scrubbed line %q", got)
 	}
@@ -162,6 +163,7 @@ func TestTranscriptScrubsSecretsAndBoundsLines(t *testing.T) {
 		t.Error("secret in the log")
 	}
 	tr.server(strings.Repeat("é", 600))
+	tr.endReply()
 	if l := tr.lines[1].Text; len(l) > maxTranscriptLineLen+3 || !strings.HasSuffix(l, "...") {
 		t.Errorf("long line kept as %d bytes", len(l))
 	}

@@ -78,14 +78,15 @@ type replyLine struct {
 
 // parseReplyLine checks one line: three digits, the first 2 to 5 and the
 // second 0 to 5 (RFC 5321 4.2), then a space, a hyphen or nothing; no
-// control characters but tab.
-func parseReplyLine(line string) (replyLine, error) {
+// control characters but tab. An error quotes the start of the line as red
+// lets it be shown.
+func parseReplyLine(line string, red *redactor) (replyLine, error) {
 	if len(line) < 3 {
-		return replyLine{}, protocolErrorf("reply line too short: %q", shorten(line, 40))
+		return replyLine{}, protocolErrorf("reply line too short: %s", red.quote(line, 40))
 	}
 	for i := range 3 {
 		if line[i] < '0' || line[i] > '9' {
-			return replyLine{}, protocolErrorf("malformed reply code in %q", shorten(line, 40))
+			return replyLine{}, protocolErrorf("malformed reply code in %s", red.quote(line, 40))
 		}
 	}
 	if line[0] < '2' || line[0] > '5' || line[1] > '5' {
@@ -105,7 +106,7 @@ func parseReplyLine(line string) (replyLine, error) {
 	case line[3] == '-':
 		return replyLine{code: code, text: line[4:]}, nil
 	}
-	return replyLine{}, protocolErrorf("malformed reply separator in %q", shorten(line, 40))
+	return replyLine{}, protocolErrorf("malformed reply separator in %s", red.quote(line, 40))
 }
 
 // parseEnhanced returns the RFC 3463 code at the start of text, or "":

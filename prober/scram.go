@@ -51,6 +51,9 @@ type scramAuth struct {
 	// secrets receives every derived value that must never be shown (the
 	// proof and the client-final message), before it is sent.
 	secrets func(string)
+	// red redacts what the server says before an error quotes it; nil
+	// redacts nothing.
+	red *redactor
 	// ctx is the probe's: the key derivation stops when it ends. nil
 	// means no deadline.
 	ctx context.Context
@@ -109,7 +112,7 @@ func (a *scramAuth) clientFinal(serverFirst []byte) ([]byte, error) {
 		return nil, protocolErrorf("server requires an unsupported SCRAM extension")
 	}
 	if e, ok := attrs["e"]; ok {
-		return nil, scramRejected(e)
+		return nil, a.rejected(e)
 	}
 	nonce := attrs["r"]
 	if len(nonce) <= len(a.clientNonce) || !strings.HasPrefix(nonce, a.clientNonce) {
@@ -124,7 +127,7 @@ func (a *scramAuth) clientFinal(serverFirst []byte) ([]byte, error) {
 	}
 	iterations, err := strconv.Atoi(attrs["i"])
 	if err != nil || iterations < 1 {
-		return nil, protocolErrorf("bad SCRAM iteration count %q", shorten(attrs["i"], 20))
+		return nil, protocolErrorf("bad SCRAM iteration count %s", a.red.quote(attrs["i"], 20))
 	}
 	if iterations > scramMaxIterations {
 		return nil, protocolErrorf("SCRAM iteration count %d exceeds the limit of %d", iterations, scramMaxIterations)
@@ -188,7 +191,7 @@ func (a *scramAuth) checkServerFinal(serverFinal []byte) ([]byte, error) {
 		return nil, err
 	}
 	if e, ok := attrs["e"]; ok {
-		return nil, scramRejected(e)
+		return nil, a.rejected(e)
 	}
 	v, ok := attrs["v"]
 	if !ok {
@@ -211,11 +214,11 @@ func (a *scramAuth) complete() error {
 	return nil
 }
 
-// scramRejected is a server-error ("e=invalid-proof"), classified by
+// rejected is a server-error ("e=invalid-proof"), classified by
 // scramErrorReason. The empty answer lets the server finish with its final
-// reply.
-func scramRejected(value string) error {
-	return &saslFailure{reason: scramErrorReason(value), answer: []byte{}, err: &scramServerError{value: printable(value, 64)}}
+// reply. The value is redacted before it is cut, and quoted after.
+func (a *scramAuth) rejected(value string) error {
+	return &saslFailure{reason: scramErrorReason(value), answer: []byte{}, err: &scramServerError{value: a.red.clip(value, 64)}}
 }
 
 func (a *scramAuth) hmac(key, data []byte) []byte {

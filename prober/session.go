@@ -47,12 +47,6 @@ func (p *probe) auth() bool {
 			a.Mechanism, strings.Join(p.ext.auth, " ")))
 	}
 	mech := p.newMechanism(name)
-	if p.password != "" {
-		p.tr.addSecret(base64.StdEncoding.EncodeToString([]byte(p.password)))
-	}
-	if p.token != "" {
-		p.tr.addSecret(base64.StdEncoding.EncodeToString([]byte(p.token)))
-	}
 
 	p.r.AuthAttempted = true
 	p.r.AuthMechanism = name
@@ -75,7 +69,7 @@ func (p *probe) auth() bool {
 		}
 		if p.smtp.ExpectAuthRejected && reason.RefusesCredentials() {
 			p.tr.note("AUTH refused, as expect_auth_rejected requires")
-			p.logger.Info("Authentication refused, as expected", "reason", reason, "err", err)
+			p.logger.Info("Authentication refused, as expected", "reason", reason, "err", p.tr.red.redactError(err))
 			return true
 		}
 		return p.fail(PhaseAuth, reason, err)

@@ -1,13 +1,12 @@
 package prober
 
 import (
-	"cmp"
-	"encoding/base64"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"time"
+
+	"github.com/smtp-exporter/smtp_exporter/config"
 )
 
 // Transcript bounds: a hostile server must not make a Result grow without
@@ -15,14 +14,7 @@ import (
 const (
 	maxTranscriptLines   = 500
 	maxTranscriptLineLen = 512
-	// minSecretLen keeps scrubbing from mangling a transcript over a
-	// one-letter password; such a secret is still never sent in a stored
-	// client line, which is redacted as a whole.
-	minSecretLen = 4
 )
-
-// Redacted replaces credentials in the transcript and the log.
-const Redacted = "<redacted>"
 
 // transcript records the conversation and mirrors it to the debug log.
 //
@@ -31,22 +23,34 @@ const Redacted = "<redacted>"
 // the verb and mechanism, and from then on every client line is replaced by
 // Redacted until the server ends the exchange with a reply other than 334.
 // LOGIN's username and password lines, PLAIN's answer to an empty 334 and
-// CRAM-MD5's digest are all covered the same way. As a second guard, every
-// secret registered with addSecret is scrubbed from every line, server
-// lines and error texts included.
+// CRAM-MD5's digest are all covered the same way. As a second guard, the
+// redactor takes every registered secret out of every line, server lines
+// included, and out of the log and the errors of the probe: logger is the
+// probe's logger with every record redacted.
+//
+// The lines of a server's reply are recorded together once the reply is
+// read, so that a secret split across them is found.
 type transcript struct {
 	start  time.Time
 	logger *slog.Logger
+	red    *redactor
 
 	lines     []TranscriptLine
 	truncated bool
+	// reply holds the lines of the reply being read.
+	reply []pendingLine
 
-	inAuth  bool
-	secrets []string
+	inAuth bool
+}
+
+type pendingLine struct {
+	at   time.Duration
+	text string
 }
 
 func newTranscript(start time.Time, logger *slog.Logger) *transcript {
-	return &transcript{start: start, logger: logger}
+	red := newRedactor()
+	return &transcript{start: start, red: red, logger: slog.New(&redactingHandler{inner: logger.Handler(), red: red})}
 }
 
 // client records a line the client sends.
@@ -70,17 +74,45 @@ func (t *transcript) redactClient(line string) string {
 	return line
 }
 
-// server records one line of a reply.
+// server takes one line of a reply; it is recorded with the rest of the
+// reply by endReply or replyDone.
 func (t *transcript) server(line string) {
-	t.add(Server, line)
+	t.reply = append(t.reply, pendingLine{at: time.Since(t.start), text: line})
+}
+
+// endReply records the lines of the reply read so far, whole or broken off.
+func (t *transcript) endReply() {
+	if len(t.reply) == 0 {
+		return
+	}
+	texts := make([]string, len(t.reply))
+	for i, l := range t.reply {
+		texts[i] = l.text
+	}
+	for i, text := range t.red.redactLines(texts, replyLineHead) {
+		t.record(t.reply[i].at, Server, t.red.show(text, maxTranscriptLineLen))
+	}
+	t.reply = t.reply[:0]
 }
 
 // replyDone tells the redactor a whole reply was read: anything but a 334
 // challenge ends an AUTH exchange.
 func (t *transcript) replyDone(code int) {
+	t.endReply()
 	if t.inAuth && code != 334 {
 		t.inAuth = false
 	}
+}
+
+// replyText is the text of the first line of rep without the enhanced
+// code, as an error may show it: the reply is redacted as a whole, then
+// the line is cut to max bytes.
+func (t *transcript) replyText(rep *Reply, max int) string {
+	if rep == nil || len(rep.Lines) == 0 {
+		return ""
+	}
+	first := t.red.redactLines(rep.Lines, enhancedHead)[0]
+	return t.red.show(strings.TrimSpace(strings.TrimPrefix(first, rep.Enhanced)), max)
 }
 
 // note records a remark of ours, such as the TLS handshake outcome.
@@ -88,65 +120,71 @@ func (t *transcript) note(format string, args ...any) {
 	t.add(Note, fmt.Sprintf(format, args...))
 }
 
-// base64Encodings are the alphabets a secret is also scrubbed in: a server
-// that quotes what it was sent, decoded or re-encoded, must not get the
-// secret into the transcript that way.
-var base64Encodings = []*base64.Encoding{
-	base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding,
+// addSecret registers a string never to be shown, with its derived forms
+// (redactor). A text that ends in its start is redacted too.
+func (t *transcript) addSecret(s string) {
+	t.red.add(s)
 }
 
-// addSecret registers a string never to be shown, with its base64 forms.
-func (t *transcript) addSecret(s string) {
-	if len(s) < minSecretLen {
+// addPassword registers, before the first packet, the password and what
+// the mechanisms send of it: the PLAIN blob. LOGIN sends the password in
+// base64 alone, which is one of its registered forms.
+func (t *transcript) addPassword(username, password string) {
+	t.red.add(password)
+	if password != "" {
+		blob := (&plainAuth{username: username, password: password}).blob()
+		t.red.addComposite(string(blob), len(blob)-len(password))
+	}
+}
+
+// addToken registers, before the first packet, a bearer token and the
+// XOAUTH2 and OAUTHBEARER blobs it goes into for this target.
+func (t *transcript) addToken(username, token, host string, port int) {
+	t.red.add(token)
+	if token == "" {
 		return
 	}
-	forms := []string{s}
-	for _, enc := range base64Encodings {
-		forms = append(forms, enc.EncodeToString([]byte(s)))
+	t.red.addComposite("auth=Bearer "+token, len("auth=Bearer "))
+	for _, name := range []string{config.MechanismXOAUTH2, config.MechanismOAUTHBEARER} {
+		blob := string((&oauthAuth{name: name, username: username, token: token, host: host, port: port}).blob())
+		t.red.addComposite(blob, strings.LastIndex(blob, token))
 	}
-	for _, f := range forms {
-		if !slices.Contains(t.secrets, f) {
-			t.secrets = append(t.secrets, f)
-		}
-	}
-	// Longest first, so that a secret inside another (the password inside
-	// the PLAIN blob) does not leave the rest of the longer one readable.
-	slices.SortStableFunc(t.secrets, func(a, b string) int { return cmp.Compare(len(b), len(a)) })
 }
 
 // addResponse registers a SASL response and each of its parts but the
 // username: the digest of CRAM-MD5's "username digest", the password of
-// PLAIN's NUL-separated blob.
+// PLAIN's NUL-separated blob. A response starts with the username, so only
+// whole forms of it count.
 func (t *transcript) addResponse(resp []byte, username string) {
 	if string(resp) == username {
 		return
 	}
-	t.addSecret(string(resp))
+	t.red.addExact(string(resp))
 	for _, part := range strings.FieldsFunc(string(resp), func(r rune) bool { return r == 0 || r == ' ' }) {
 		if part != username {
-			t.addSecret(part)
+			t.red.addExact(part)
 		}
 	}
 }
 
-// scrub replaces every registered secret in s.
+// scrub redacts every registered secret in s.
 func (t *transcript) scrub(s string) string {
-	for _, secret := range t.secrets {
-		if strings.Contains(s, secret) {
-			s = strings.ReplaceAll(s, secret, Redacted)
-		}
-	}
-	return s
+	return t.red.redact(s)
 }
 
 func (t *transcript) add(dir Direction, text string) {
-	text = printable(t.scrub(text), maxTranscriptLineLen)
+	t.endReply()
+	t.record(time.Since(t.start), dir, t.red.show(text, maxTranscriptLineLen))
+}
+
+// record stores a line already redacted and bounded, and logs it.
+func (t *transcript) record(at time.Duration, dir Direction, text string) {
 	t.logger.Debug("SMTP "+string(dir), "line", text)
 	switch {
 	case len(t.lines) < maxTranscriptLines-1:
-		t.lines = append(t.lines, TranscriptLine{At: time.Since(t.start), Dir: dir, Text: text})
+		t.lines = append(t.lines, TranscriptLine{At: at, Dir: dir, Text: text})
 	case !t.truncated:
 		t.truncated = true
-		t.lines = append(t.lines, TranscriptLine{At: time.Since(t.start), Dir: Note, Text: "transcript truncated"})
+		t.lines = append(t.lines, TranscriptLine{At: at, Dir: Note, Text: "transcript truncated"})
 	}
 }
