@@ -59,9 +59,16 @@ func run(args []string, signals chan os.Signal) int {
 	promslogflag.AddFlags(app, logConfig)
 	app.Version(version.Print(exporterName))
 	app.HelpFlag.Short('h')
-	if _, err := app.Parse(args); err != nil {
+	// The server is the default command, so that the flags alone start it.
+	app.Command("serve", "Serve /probe, /metrics and the pages (the default).").Default()
+	probe := addProbeCommand(app)
+	command, err := app.Parse(args)
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", exporterName, err)
 		return 2
+	}
+	if command == probe.clause.FullCommand() {
+		return probe.run(*configFile, os.Stdout, os.Stderr)
 	}
 	if *timeoutOffset < 0 || math.IsNaN(*timeoutOffset) || math.IsInf(*timeoutOffset, 0) {
 		// A negative offset would let probes run past Prometheus' scrape timeout.

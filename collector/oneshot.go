@@ -57,3 +57,10 @@ func TranscriptText(lines []prober.TranscriptLine) string {
 	writeTranscript(&b, lines)
 	return b.String()
 }
+
+// FormatDuration writes a duration as the pages do: two decimals of
+// milliseconds below 10ms, then rounded.
+func FormatDuration(d time.Duration) string { return formatDuration(d) }
+
+// FormatBytes writes a SIZE limit as the result page does.
+func FormatBytes(n int64) string { return formatBytes(n) }
