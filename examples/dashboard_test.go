@@ -179,3 +179,66 @@ func TestDashboardModel(t *testing.T) {
 		}
 	}
 }
+
+// TestDashboardDeclaresItsDataSource checks what makes Grafana's import ask
+// for the Prometheus data source: an input DS_PROMETHEUS of type
+// datasource, used as the default of the datasource variable, which every
+// panel and query variable follows (TestDashboardModel). Import replaces
+// ${DS_PROMETHEUS} with the data source chosen; the panels keep following
+// the variable, so that viewers can switch, and a dashboard loaded by file
+// provisioning (where nothing replaces ${DS_PROMETHEUS}) falls back to the
+// default Prometheus instead of a data source that does not exist.
+func TestDashboardDeclaresItsDataSource(t *testing.T) {
+	var d struct {
+		Inputs []struct {
+			Name, Label, Type, PluginID string
+		} `json:"__inputs"`
+		Requires []struct {
+			Type, ID string
+		} `json:"__requires"`
+		Templating struct {
+			List []struct {
+				Name    string `json:"name"`
+				Type    string `json:"type"`
+				Current struct {
+					Value json.RawMessage `json:"value"`
+				} `json:"current"`
+			} `json:"list"`
+		} `json:"templating"`
+	}
+	data := readFile(t, dashboardFile)
+	if err := json.Unmarshal(data, &d); err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Inputs) != 1 || d.Inputs[0].Name != "DS_PROMETHEUS" || d.Inputs[0].Type != "datasource" ||
+		d.Inputs[0].PluginID != "prometheus" || d.Inputs[0].Label == "" {
+		t.Errorf("__inputs = %+v, want one input DS_PROMETHEUS, type datasource, pluginId prometheus, with a label", d.Inputs)
+	}
+	for _, v := range d.Templating.List {
+		if v.Type == "datasource" && string(v.Current.Value) != `"${DS_PROMETHEUS}"` {
+			t.Errorf("datasource variable %s defaults to %s, want ${DS_PROMETHEUS}, the data source chosen at import", v.Name, v.Current.Value)
+		}
+	}
+	// Every ${DS_...} placeholder must be an input, or import leaves it
+	// unresolved.
+	for _, m := range regexp.MustCompile(`\$\{(DS_[A-Z0-9_]+)\}`).FindAllStringSubmatch(string(data), -1) {
+		if m[1] != "DS_PROMETHEUS" {
+			t.Errorf("the dashboard uses ${%s}, which is not in __inputs", m[1])
+		}
+	}
+	required := map[string]bool{}
+	for _, r := range d.Requires {
+		required[r.Type+"/"+r.ID] = true
+	}
+	types := []string{"grafana/grafana", "datasource/prometheus"}
+	for _, p := range loadDashboard(t).allPanels() {
+		if p.Type != "row" {
+			types = append(types, "panel/"+p.Type)
+		}
+	}
+	for _, typ := range types {
+		if !required[typ] {
+			t.Errorf("__requires does not list %s", typ)
+		}
+	}
+}
