@@ -24,6 +24,7 @@ func TestLoadRejectsInvalidFiles(t *testing.T) {
 		{"auth-token-mechanism-with-password.yml", "line 5: modules.submission.smtp.auth.mechanism: XOAUTH2 logs in with a token: set token_file or oauth2 instead of a password"},
 		{"auth-username-crlf.yml", "line 5: modules.submission.smtp.auth.username: must not contain CR, LF or other control characters"},
 		{"auth-without-allowed-targets.yml", "line 4: modules.submission.smtp.auth: a module with credentials must list the targets they may be sent to in allowed_targets (use \"*\" to allow any)"},
+		{"bad-allowed-target-any-port.yml", "line 4: modules.smtp_banner.smtp.allowed_targets.0: \"*:smtp\": invalid port \"smtp\""},
 		{"bad-allowed-target-port.yml", "line 4: modules.submission.smtp.allowed_targets.0: \"smtp.example.net:0\": invalid port \"0\""},
 		{"bad-allowed-target.yml", "line 6: modules.submission.smtp.allowed_targets.1: \"smtp example net\" is not a host name, host:port, IP address or CIDR prefix"},
 		{"bad-ehlo.yml", "line 4: modules.submission.smtp.ehlo: \"probe.example.net\\r\\nMAIL FROM:<x@y>\" is not a host name or address literal"},

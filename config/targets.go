@@ -9,11 +9,13 @@ import (
 )
 
 // AllowedTargets lists where a module may connect, and so where its
-// credentials may be sent. Entries are "*", a host name, host:port, an IP
-// address (optionally with a port: "192.0.2.1:587", "[2001:db8::1]:587") or a
-// CIDR prefix. A host name entry admits that name whatever it resolves to; an
-// address or prefix entry is checked against the address actually dialled, so
-// a name that resolves somewhere unexpected does not slip through.
+// credentials may be sent and whose banners it may show. Any module may set
+// it. Entries are "*", "*:port" (any host, on that port only), a host name,
+// host:port, an IP address (optionally with a port: "192.0.2.1:587",
+// "[2001:db8::1]:587") or a CIDR prefix. A host name entry admits that name
+// whatever it resolves to; an address or prefix entry is checked against
+// the address actually dialled, so a name that resolves somewhere
+// unexpected does not slip through.
 type AllowedTargets []string
 
 type targetRule struct {
@@ -30,6 +32,15 @@ func parseTargetRule(entry string) (targetRule, error) {
 	}
 	if e == "*" {
 		return targetRule{any: true}, nil
+	}
+	if p, ok := strings.CutPrefix(e, "*:"); ok {
+		// Any host, on this port only: a module meant for any MX cannot
+		// be pointed at the other services of a network.
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return targetRule{}, fmt.Errorf("%q: invalid port %q", entry, p)
+		}
+		return targetRule{any: true, port: n}, nil
 	}
 	if p, err := netip.ParsePrefix(e); err == nil {
 		return targetRule{prefix: p.Masked()}, nil
