@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -24,6 +23,8 @@ import (
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
+
+	"github.com/smtp-exporter/smtp_exporter/examples/kubernetes/validate/internal/copies"
 )
 
 // Paths relative to this directory.
@@ -34,6 +35,8 @@ const (
 	shippedConfig  = "../../../smtp_exporter.yml"
 	dockerfile     = "../../../Dockerfile"
 	prometheusYAML = "../../prometheus/prometheus.yml"
+	rulesFile      = "../../prometheus/smtp_exporter.rules.yml"
+	repoRoot       = "../../.."
 
 	namespace    = "monitoring"
 	exporterPort = 9465
@@ -51,6 +54,7 @@ type manifests struct {
 	budgets         []*policyv1.PodDisruptionBudget
 	probes          []*monitoringv1.Probe
 	serviceMonitors []*monitoringv1.ServiceMonitor
+	prometheusRules []*monitoringv1.PrometheusRule
 }
 
 // decodeStrict decodes one YAML document into obj, refusing unknown and
@@ -77,40 +81,55 @@ func build(t *testing.T, dir string) *manifests {
 		if err != nil {
 			t.Fatalf("%s: rendering %s: %v", dir, res.CurId(), err)
 		}
-		what := fmt.Sprintf("%s: %s", dir, res.CurId())
-		if ns := res.GetNamespace(); ns != namespace {
-			t.Errorf("%s is in namespace %q, want %q", what, ns, namespace)
-		}
-		switch gvk := res.GetApiVersion() + " " + res.GetKind(); gvk {
-		case "apps/v1 StatefulSet":
-			obj := &appsv1.StatefulSet{}
-			decodeStrict(t, what, data, obj)
-			m.statefulSets = append(m.statefulSets, obj)
-		case "v1 Service":
-			obj := &corev1.Service{}
-			decodeStrict(t, what, data, obj)
-			m.services = append(m.services, obj)
-		case "v1 ConfigMap":
-			obj := &corev1.ConfigMap{}
-			decodeStrict(t, what, data, obj)
-			m.configMaps = append(m.configMaps, obj)
-		case "policy/v1 PodDisruptionBudget":
-			obj := &policyv1.PodDisruptionBudget{}
-			decodeStrict(t, what, data, obj)
-			m.budgets = append(m.budgets, obj)
-		case "monitoring.coreos.com/v1 Probe":
-			obj := &monitoringv1.Probe{}
-			decodeStrict(t, what, data, obj)
-			m.probes = append(m.probes, obj)
-		case "monitoring.coreos.com/v1 ServiceMonitor":
-			obj := &monitoringv1.ServiceMonitor{}
-			decodeStrict(t, what, data, obj)
-			m.serviceMonitors = append(m.serviceMonitors, obj)
-		default:
-			t.Errorf("%s: unexpected resource %s (%s); teach this test about it", dir, res.CurId(), gvk)
-		}
+		m.add(t, fmt.Sprintf("%s: %s", dir, res.CurId()), res.GetApiVersion(), res.GetKind(), res.GetNamespace(), data)
 	}
 	return m
+}
+
+// add decodes one resource into m; what names it in errors.
+func (m *manifests) add(t *testing.T, what, apiVersion, kind, ns string, data []byte) {
+	t.Helper()
+	if ns != namespace {
+		t.Errorf("%s is in namespace %q, want %q", what, ns, namespace)
+	}
+	switch gvk := apiVersion + " " + kind; gvk {
+	case "apps/v1 StatefulSet":
+		obj := &appsv1.StatefulSet{}
+		decodeStrict(t, what, data, obj)
+		m.statefulSets = append(m.statefulSets, obj)
+	case "v1 Service":
+		obj := &corev1.Service{}
+		decodeStrict(t, what, data, obj)
+		m.services = append(m.services, obj)
+	case "v1 ConfigMap":
+		obj := &corev1.ConfigMap{}
+		decodeStrict(t, what, data, obj)
+		m.configMaps = append(m.configMaps, obj)
+	case "policy/v1 PodDisruptionBudget":
+		obj := &policyv1.PodDisruptionBudget{}
+		decodeStrict(t, what, data, obj)
+		m.budgets = append(m.budgets, obj)
+	case "monitoring.coreos.com/v1 Probe":
+		obj := &monitoringv1.Probe{}
+		decodeStrict(t, what, data, obj)
+		m.probes = append(m.probes, obj)
+	case "monitoring.coreos.com/v1 ServiceMonitor":
+		obj := &monitoringv1.ServiceMonitor{}
+		decodeStrict(t, what, data, obj)
+		m.serviceMonitors = append(m.serviceMonitors, obj)
+	case "monitoring.coreos.com/v1 PrometheusRule":
+		obj := &monitoringv1.PrometheusRule{}
+		decodeStrict(t, what, data, obj)
+		m.prometheusRules = append(m.prometheusRules, obj)
+	default:
+		t.Errorf("%s: unexpected resource (%s); teach this test about it", what, gvk)
+	}
+}
+
+// counts says how many resources of each kind m holds.
+func (m *manifests) counts() string {
+	return fmt.Sprintf("%d StatefulSet, %d Service, %d ConfigMap, %d PodDisruptionBudget, %d Probe, %d ServiceMonitor, %d PrometheusRule",
+		len(m.statefulSets), len(m.services), len(m.configMaps), len(m.budgets), len(m.probes), len(m.serviceMonitors), len(m.prometheusRules))
 }
 
 // only returns the single element of list, failing the test otherwise.
@@ -172,17 +191,16 @@ func TestStrictDecodingRejectsUnknownAndDuplicateFields(t *testing.T) {
 
 func TestKustomizationsBuild(t *testing.T) {
 	for _, tc := range []struct {
-		dir                    string
-		probes, serviceMonitor int
+		dir                         string
+		probes, operatorObjectsEach int
 	}{
 		{dir: baseDir},
 		// One Probe per module and replica (shard).
-		{dir: kubernetesDir, probes: replicas * len(loadExporterConfig(t, readFile(t, shippedConfig)).Modules), serviceMonitor: 1},
+		{dir: kubernetesDir, probes: replicas * len(loadExporterConfig(t, readFile(t, shippedConfig)).Modules), operatorObjectsEach: 1},
 	} {
-		m := build(t, tc.dir)
-		counts := fmt.Sprintf("%d StatefulSet, %d Service, %d ConfigMap, %d PodDisruptionBudget, %d Probe, %d ServiceMonitor",
-			len(m.statefulSets), len(m.services), len(m.configMaps), len(m.budgets), len(m.probes), len(m.serviceMonitors))
-		want := fmt.Sprintf("1 StatefulSet, 1 Service, 1 ConfigMap, 1 PodDisruptionBudget, %d Probe, %d ServiceMonitor", tc.probes, tc.serviceMonitor)
+		counts := build(t, tc.dir).counts()
+		want := fmt.Sprintf("1 StatefulSet, 1 Service, 1 ConfigMap, 1 PodDisruptionBudget, %d Probe, %d ServiceMonitor, %d PrometheusRule",
+			tc.probes, tc.operatorObjectsEach, tc.operatorObjectsEach)
 		if counts != want {
 			t.Errorf("kustomize build %s: got %s, want %s", tc.dir, counts, want)
 		}
@@ -195,7 +213,13 @@ func exporterContainer(t *testing.T, d *appsv1.StatefulSet) corev1.Container {
 }
 
 func TestStatefulSetIsHardened(t *testing.T) {
-	d := only(t, "StatefulSet", build(t, kubernetesDir).statefulSets)
+	checkStatefulSet(t, only(t, "StatefulSet", build(t, kubernetesDir).statefulSets), replicas)
+}
+
+// checkStatefulSet checks the number of replicas, the security settings,
+// resources, port and health checks of the exporter's StatefulSet.
+func checkStatefulSet(t *testing.T, d *appsv1.StatefulSet, replicas int32) {
+	t.Helper()
 	pod := d.Spec.Template.Spec
 	c := exporterContainer(t, d)
 
@@ -293,10 +317,6 @@ func resolvePort(c corev1.Container, port string) int32 {
 // Secret.
 func TestConfigurationAndPasswordAreMounted(t *testing.T) {
 	m := build(t, kubernetesDir)
-	d := only(t, "StatefulSet", m.statefulSets)
-	c := exporterContainer(t, d)
-	cm := only(t, "ConfigMap", m.configMaps)
-
 	secret := &corev1.Secret{}
 	decodeStrict(t, secretExample, readFile(t, secretExample), secret)
 	if secret.Namespace != namespace {
@@ -307,6 +327,20 @@ func TestConfigurationAndPasswordAreMounted(t *testing.T) {
 			t.Errorf("the example Secret's %s is not an obvious placeholder: it must never look like a real password", key)
 		}
 	}
+	var keys []string
+	for key := range secret.StringData {
+		keys = append(keys, key)
+	}
+	checkMounts(t, only(t, "StatefulSet", m.statefulSets), only(t, "ConfigMap", m.configMaps), secret.Name, keys)
+}
+
+// checkMounts follows the files the exporter reads from the image's
+// entrypoint to the projected volume: the configuration from the ConfigMap
+// cm, each password_file from the Secret secretName, which has the keys
+// secretKeys.
+func checkMounts(t *testing.T, d *appsv1.StatefulSet, cm *corev1.ConfigMap, secretName string, secretKeys []string) {
+	t.Helper()
+	c := exporterContainer(t, d)
 
 	mount := only(t, "volume mount", c.VolumeMounts)
 	if !mount.ReadOnly {
@@ -334,17 +368,23 @@ func TestConfigurationAndPasswordAreMounted(t *testing.T) {
 					mounted[path.Join(mount.MountPath, item.Path)] = "configmap"
 				}
 			case src.Secret != nil:
-				if src.Secret.Name != secret.Name {
-					t.Errorf("the volume names Secret %q; the example Secret is %q", src.Secret.Name, secret.Name)
+				if src.Secret.Name != secretName {
+					t.Errorf("the volume names Secret %q, want %q", src.Secret.Name, secretName)
 				}
 				if src.Secret.Optional != nil && *src.Secret.Optional {
 					t.Error("the Secret is optional: a missing password would only show as failed probes")
 				}
 				for _, item := range src.Secret.Items {
-					if _, ok := secret.StringData[item.Key]; !ok {
-						t.Errorf("the example Secret has no key %q", item.Key)
+					if !slices.Contains(secretKeys, item.Key) {
+						t.Errorf("the Secret %s has no key %q", secretName, item.Key)
 					}
 					mounted[path.Join(mount.MountPath, item.Path)] = "secret"
+				}
+				if len(src.Secret.Items) == 0 {
+					// Every key, each as a file of its name.
+					for _, key := range secretKeys {
+						mounted[path.Join(mount.MountPath, key)] = "secret"
+					}
 				}
 			}
 		}
@@ -377,12 +417,20 @@ func entrypointConfigFile(t *testing.T) string {
 	return string(match[1])
 }
 
+// TestCopiesAreCurrent checks every copy of the shipped configuration and
+// the alerting rules in the manifests and the chart against its source, as
+// it is now.
+func TestCopiesAreCurrent(t *testing.T) {
+	for _, c := range copies.All() {
+		want := c.Make(readFile(t, copies.Path(repoRoot, c.Source)))
+		if got := readFile(t, copies.Path(repoRoot, c.Dest)); !bytes.Equal(got, want) {
+			t.Errorf("%s is not the copy of %s as it is now; write the copies again:\n  %s", c.Dest, c.Source, copies.Command)
+		}
+	}
+}
+
 func TestConfigMapIsTheShippedConfiguration(t *testing.T) {
 	shipped := readFile(t, shippedConfig)
-	if copied := readFile(t, filepath.Join(baseDir, "smtp_exporter.yml")); !bytes.Equal(copied, shipped) {
-		t.Errorf("%s differs from %s; copy it again:\n  cp smtp_exporter.yml examples/kubernetes/base/smtp_exporter.yml",
-			filepath.Join(baseDir, "smtp_exporter.yml"), shippedConfig)
-	}
 	cm := only(t, "ConfigMap", build(t, baseDir).configMaps)
 	if got := cm.Data["smtp_exporter.yml"]; got != string(shipped) {
 		t.Errorf("ConfigMap %s does not hold the shipped configuration", cm.Name)
@@ -390,7 +438,13 @@ func TestConfigMapIsTheShippedConfiguration(t *testing.T) {
 }
 
 func TestServiceAndBudgetSelectTheExporterPods(t *testing.T) {
-	m := build(t, kubernetesDir)
+	checkSelectors(t, build(t, kubernetesDir))
+}
+
+// checkSelectors checks that the StatefulSet, the headless Service and the
+// PodDisruptionBudget, if there is one, select the exporter's pods.
+func checkSelectors(t *testing.T, m *manifests) {
+	t.Helper()
 	d := only(t, "StatefulSet", m.statefulSets)
 	podLabels := labels.Set(d.Spec.Template.Labels)
 	c := exporterContainer(t, d)
@@ -417,6 +471,9 @@ func TestServiceAndBudgetSelectTheExporterPods(t *testing.T) {
 		t.Errorf("the StatefulSet's serviceName is %q, want the headless Service %q", d.Spec.ServiceName, svc.Name)
 	}
 
+	if len(m.budgets) == 0 {
+		return
+	}
 	pdb := only(t, "PodDisruptionBudget", m.budgets)
 	pdbSelector, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector)
 	if err != nil || !pdbSelector.Matches(podLabels) {
@@ -600,7 +657,18 @@ func TestRelabelMatchesPrometheus(t *testing.T) {
 // account lands on one replica, and it is the replica the relabelling of
 // examples/prometheus/prometheus.yml picks for it.
 func TestProbesShardEveryModule(t *testing.T) {
-	m := build(t, kubernetesDir)
+	checkProbes(t, build(t, kubernetesDir), true)
+}
+
+// checkProbes checks m's Probes against the shipped configuration: one
+// Probe per module and replica, each sending to its own replica, hashing
+// modulo the number of replicas, every target kept by exactly one Probe of
+// its module and every target of an account on one replica. With
+// samePrometheusYAML (when the replicas are those of
+// examples/prometheus/prometheus.yml), that replica must be the one it
+// picks.
+func checkProbes(t *testing.T, m *manifests, samePrometheusYAML bool) {
+	t.Helper()
 	replicaAddrs := replicaAddresses(t, m)
 	cfg := loadExporterConfig(t, readFile(t, shippedConfig))
 	jobs := prometheusJobs(t)
@@ -630,9 +698,9 @@ func TestProbesShardEveryModule(t *testing.T) {
 		}
 		// A module with allowed_targets refuses anything else before
 		// connecting; every target here must be one it accepts.
-		if allowed := module.SMTP.AllowedTargets; len(allowed) > 0 && !slices.Contains(allowed, "*") {
+		if allowed := module.SMTP.AllowedTargets; len(allowed) > 0 {
 			for _, target := range static.Targets {
-				if !slices.Contains(allowed, target) {
+				if !allowedTarget(allowed, target) {
 					t.Errorf("Probe %s targets %s, which module %s does not allow (allowed_targets: %v)", p.Name, target, spec.Module, allowed)
 				}
 			}
@@ -716,7 +784,7 @@ func TestProbesShardEveryModule(t *testing.T) {
 				labels["account"] = account
 			}
 			out, keep := relabel(t, labels, job.RelabelConfigs)
-			if !keep || out["__address__"] != kept[0] {
+			if samePrometheusYAML && (!keep || out["__address__"] != kept[0]) {
 				t.Errorf("module %s, target %s: the Probes send it to %s, %s to %q", name, target, kept[0], prometheusYAML, out["__address__"])
 			}
 			key := "module " + name
@@ -754,7 +822,13 @@ func TestPrometheusScrapesEveryReplica(t *testing.T) {
 }
 
 func TestServiceMonitorScrapesTheExporter(t *testing.T) {
-	m := build(t, kubernetesDir)
+	checkServiceMonitor(t, build(t, kubernetesDir))
+}
+
+// checkServiceMonitor checks that the ServiceMonitor scrapes /metrics of
+// the headless Service's endpoints, every replica, as job smtp_exporter.
+func checkServiceMonitor(t *testing.T, m *manifests) {
+	t.Helper()
 	svc := only(t, "Service", m.services)
 	sm := only(t, "ServiceMonitor", m.serviceMonitors)
 
@@ -774,5 +848,47 @@ func TestServiceMonitorScrapesTheExporter(t *testing.T) {
 	}
 	if !setsJob {
 		t.Error("the ServiceMonitor does not set job=smtp_exporter, which SMTPExporterConfigReloadFailed and the dashboard expect")
+	}
+}
+
+// allowedTarget reports whether allowed_targets admits target (host:port),
+// for the entries the examples use: "*", "*:port", host and host:port.
+func allowedTarget(allowed []string, target string) bool {
+	host, port, _ := strings.Cut(target, ":")
+	for _, a := range allowed {
+		if a == "*" || a == target || a == host || a == "*:"+port {
+			return true
+		}
+	}
+	return false
+}
+
+func TestPrometheusRuleIsTheRulesFile(t *testing.T) {
+	checkPrometheusRule(t, only(t, "PrometheusRule", build(t, kubernetesDir).prometheusRules))
+}
+
+// checkPrometheusRule checks that pr holds the groups of
+// examples/prometheus/smtp_exporter.rules.yml as they are now, compared
+// after decoding both, so that a difference in how they are written does
+// not matter but one in what they say does.
+func checkPrometheusRule(t *testing.T, pr *monitoringv1.PrometheusRule) {
+	t.Helper()
+	var file struct {
+		Groups []monitoringv1.RuleGroup `json:"groups"`
+	}
+	decodeStrict(t, rulesFile, readFile(t, rulesFile), &file)
+	if len(file.Groups) == 0 {
+		t.Fatalf("%s has no groups", rulesFile)
+	}
+	got, err := yaml.Marshal(pr.Spec.Groups)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := yaml.Marshal(file.Groups)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("PrometheusRule %s does not hold the groups of %s; write the copies again:\n  %s", pr.Name, rulesFile, copies.Command)
 	}
 }
