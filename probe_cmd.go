@@ -389,7 +389,7 @@ func (rep *probeReport) writeText(out io.Writer) {
 		}
 		row("  version", rep.TLS.Version)
 		row("  cipher", rep.TLS.Cipher)
-		row("  server name", rep.TLS.ServerName)
+		row("  server name", orNone(rep.TLS.ServerName))
 		row("  verified", verified)
 	case len(rep.Certificates) > 0:
 		row("  session", "none: the handshake failed")
@@ -404,8 +404,8 @@ func (rep *probeReport) writeText(out io.Writer) {
 		row(fmt.Sprintf("  certificate %d", i+1))
 		row("    subject", c.Subject)
 		row("    issuer", c.Issuer)
-		row("    names", names)
-		row("    serial", c.Serial)
+		row("    names", orNone(names))
+		row("    serial", orNone(c.Serial))
 		row("    valid", c.NotBefore.Format(time.RFC3339)+" to "+c.NotAfter.Format(time.RFC3339))
 		row("    expires", expiryText(c, rep.Time))
 	}
@@ -489,6 +489,13 @@ func yesNo(b bool) string {
 		return "yes"
 	}
 	return "no"
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }
 
 func wordsOrNone(words []string) string {
