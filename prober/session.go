@@ -338,18 +338,57 @@ func writeDotStuffed(w io.Writer, msg []byte) error {
 	return bw.Flush()
 }
 
-// queueIDPatterns find the server's id for an accepted message in the
-// common reply styles: Postfix "Ok: queued as 4Xyz", Exim "OK id=1abc",
-// and others' "queued as <id>".
-var queueIDPatterns = []*regexp.Regexp{
-	regexp.MustCompile(`(?i)\bqueued as:?\s+<?([A-Za-z0-9][A-Za-z0-9._@-]{0,63})`),
-	regexp.MustCompile(`(?i)\bid=<?([A-Za-z0-9][A-Za-z0-9._@-]{0,63})`),
+// queueIDForms are the replies to the end of DATA that name the server's
+// id for the message, one form per family of servers; the id is the first
+// group. They are tried on each line of the reply, its enhanced status code
+// (with OpenSMTPD's colon) left out. The id goes to the log and the pages,
+// never to a label.
+var queueIDForms = []struct {
+	server string
+	re     *regexp.Regexp
+}{
+	// "250 2.0.0 Ok: queued as 4Xyz1234AB"; SendGrid and other relays
+	// built on Postfix say the same.
+	{"Postfix", queueIDForm(`(?i)\bqueued as:?\s+<?({id})`)},
+	// "250 OK id=1rABCd-000Abc-XY".
+	{"Exim", queueIDForm(`(?i)\bid=<?({id})`)},
+	// "250 2.0.0 x9SH1kQ3012345 Message accepted for delivery", and
+	// OpenSMTPD's "250 2.0.0 5b1c0a6e Message accepted for delivery"
+	// (older: "250 2.0.0: 5b1c0a6e ...").
+	{"sendmail, OpenSMTPD", queueIDForm(`(?i)^<?({id})>?\s+message accepted for delivery`)},
+	// "250 2.0.0 OK  1700000000 d9443c01a7336-1d4c1e3esi1234567pla.123 - gsmtp".
+	{"Gmail", queueIDForm(`(?i)^ok\s+\d+\s+({id})\s+-\s+gsmtp`)},
+	// "250 2.6.0 <message-id> [InternalId=12345678901234, Hostname=...]
+	// 4567 bytes in 0.045, 99.1 KB/sec Queued mail for delivery": the
+	// InternalId is what message tracking searches by.
+	{"Exchange, Microsoft 365", queueIDForm(`\[InternalId=(\d{1,20})\b`)},
+	// "250 Ok 0100018c2a3b4c5d-6e7f8a9b-0c1d-2e3f-4a5b-6c7d8e9f0a1b-000000".
+	{"Amazon SES", queueIDForm(`(?i)^ok\s+([0-9a-f]{16}-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}-\d{6})\b`)},
+	// "250 ok 1700000000 qp 12345": the qp number of qmail-send's log.
+	{"qmail", queueIDForm(`(?i)^ok\s+\d+\s+qp\s+(\d{1,20})\b`)},
+	// "250 Message Queued (8C2E9F3A-1234-4C5D-9E6F-0123456789AB.1.1)".
+	{"Haraka", queueIDForm(`(?i)\bmessage queued \(({id})\)`)},
+	// "250 Ok. 004C46A1.4F8E3D6C.00003F21".
+	{"Courier", queueIDForm(`(?i)^ok\.\s+([0-9a-f]{1,32}\.[0-9a-f]{1,32}\.[0-9a-f]{1,32})\b`)},
 }
 
+// queueIDForm compiles a form, {id} standing for the characters a queue id
+// is made of: letters, digits, '.', '_', '@' and '-', at most 64.
+func queueIDForm(form string) *regexp.Regexp {
+	return regexp.MustCompile(strings.ReplaceAll(form, "{id}", `[A-Za-z0-9][A-Za-z0-9._@-]{0,63}`))
+}
+
+// leadingEnhancedCode is an RFC 3463 code at the start of a reply line,
+// with the colon OpenSMTPD once wrote after it.
+var leadingEnhancedCode = regexp.MustCompile(`^[245]\.\d{1,3}\.\d{1,3}:?\s+`)
+
+// queueID returns the server's id for an accepted message, or "" when the
+// reply names none in a form it knows.
 func queueID(rep *Reply) string {
 	for _, line := range rep.Lines {
-		for _, re := range queueIDPatterns {
-			if m := re.FindStringSubmatch(line); m != nil {
+		line = leadingEnhancedCode.ReplaceAllString(line, "")
+		for _, f := range queueIDForms {
+			if m := f.re.FindStringSubmatch(line); m != nil {
 				return m[1]
 			}
 		}
