@@ -128,6 +128,103 @@ func TestAlertmanagerConfig(t *testing.T) {
 	}
 }
 
+// TestAlertmanagerGroupsAnAccount has amtool route alerts through the
+// shipped tree and checks how the route they reach groups them: the
+// SMTPAuthenticationFailing alerts of every job and port of one account
+// share one group (one notification), other alerts and targets without an
+// account are grouped per job and server.
+func TestAlertmanagerGroupsAnAccount(t *testing.T) {
+	amtool := tool(t, "amtool", "prometheus-alertmanager")
+	var file struct {
+		Route amRoute `yaml:"route"`
+	}
+	if err := yaml.Unmarshal(readFile(t, alertmanagerFile), &file); err != nil {
+		t.Fatalf("%s: %v", alertmanagerFile, err)
+	}
+	byAccount := []string{"alertname", "account"}
+	perServer := []string{"alertname", "job", "instance"}
+	for _, tc := range []struct {
+		labels   []string
+		receiver string
+		groupBy  []string
+	}{
+		{[]string{"alertname=SMTPAuthenticationFailing", "severity=critical", "account=probe", "job=smtp_submission", "instance=smtp.example.net:587", "module=submission"}, "mail-team-pager", byAccount},
+		{[]string{"alertname=SMTPAuthenticationFailing", "severity=critical", "account=probe", "job=smtp_submissions", "instance=smtp.example.net:465", "module=submissions"}, "mail-team-pager", byAccount},
+		{[]string{"alertname=SMTPAuthenticationFailing", "severity=critical", "account=probe", "job=smtp_submission_canary", "instance=smtp.example.net:587", "module=submission_canary"}, "mail-team-pager", byAccount},
+		// A target without an account label is not grouped with others.
+		{[]string{"alertname=SMTPAuthenticationFailing", "severity=critical", "job=smtp_submission", "instance=smtp.example.net:587"}, "mail-team-pager", perServer},
+		// A port that is down is news of its own.
+		{[]string{"alertname=SMTPServerUnreachable", "severity=critical", "account=probe", "job=smtp_submissions", "instance=smtp.example.net:465"}, "mail-team-pager", perServer},
+		{[]string{"alertname=SMTPAuthMechanismMissing", "severity=warning", "account=probe", "job=smtp_submission", "instance=smtp.example.net:587"}, "mail-team-tickets", perServer},
+	} {
+		args := append([]string{"config", "routes", "test", "--tree", "--config.file=" + alertmanagerFile}, tc.labels...)
+		out := runTool(t, amtool, args...)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if got := strings.TrimSpace(lines[len(lines)-1]); got != tc.receiver {
+			t.Errorf("%v is routed to %q, want %q", tc.labels, got, tc.receiver)
+		}
+		// The tree amtool prints has one line per route on the path, each
+		// with the route's matchers; the route that matched is the last.
+		var path []string
+		for _, line := range lines {
+			if m := amtoolTreeMatchers.FindStringSubmatch(line); m != nil {
+				path = append(path, normalizeMatchers(strings.Split(m[1], ",")))
+			}
+		}
+		groupBy, ok := file.Route.groupByAlong(path)
+		if !ok {
+			t.Errorf("%v: the route %v amtool matched is not in %s", tc.labels, path, alertmanagerFile)
+			continue
+		}
+		if !slices.Equal(groupBy, tc.groupBy) {
+			t.Errorf("%v reaches route %v, which groups by %v, want %v", tc.labels, path, groupBy, tc.groupBy)
+		}
+	}
+}
+
+// amRoute is a route of an Alertmanager routing tree.
+type amRoute struct {
+	Matchers []string  `yaml:"matchers"`
+	GroupBy  []string  `yaml:"group_by"`
+	Routes   []amRoute `yaml:"routes"`
+}
+
+var amtoolTreeMatchers = regexp.MustCompile(`── \{(.*)\}`)
+
+// normalizeMatchers spells a route's matchers as amtool prints them:
+// sorted, without spaces.
+func normalizeMatchers(matchers []string) string {
+	var out []string
+	for _, m := range matchers {
+		out = append(out, strings.ReplaceAll(strings.TrimSpace(m), " ", ""))
+	}
+	slices.Sort(out)
+	return strings.Join(out, ",")
+}
+
+// groupByAlong follows the routes whose matchers are path, from the root,
+// and returns the group_by of the last, inherited where a route sets none.
+func (r amRoute) groupByAlong(path []string) ([]string, bool) {
+	groupBy := r.GroupBy
+	current := r
+	for _, step := range path {
+		found := false
+		for _, child := range current.Routes {
+			if normalizeMatchers(child.Matchers) == step {
+				current, found = child, true
+				break
+			}
+		}
+		if !found {
+			return nil, false
+		}
+		if current.GroupBy != nil {
+			groupBy = current.GroupBy
+		}
+	}
+	return groupBy, true
+}
+
 // rule is an alerting rule as the rules file spells it.
 type rule struct {
 	Group       string            `yaml:"-"`
