@@ -337,7 +337,8 @@ func TestConfigurationAndPasswordAreMounted(t *testing.T) {
 // checkMounts follows the files the exporter reads from the image's
 // entrypoint to the projected volume: the configuration from the ConfigMap
 // cm, each password_file from the Secret secretName, which has the keys
-// secretKeys.
+// secretKeys. With no secretName, no Secret must be mounted, and the
+// password files are not looked for.
 func checkMounts(t *testing.T, d *appsv1.StatefulSet, cm *corev1.ConfigMap, secretName string, secretKeys []string) {
 	t.Helper()
 	c := exporterContainer(t, d)
@@ -393,6 +394,14 @@ func checkMounts(t *testing.T, d *appsv1.StatefulSet, cm *corev1.ConfigMap, secr
 	configFile := entrypointConfigFile(t)
 	if mounted[configFile] != "configmap" {
 		t.Errorf("the image reads %s, which the ConfigMap does not provide (mounted: %v)", configFile, mounted)
+	}
+	if secretName == "" {
+		for file, from := range mounted {
+			if from == "secret" {
+				t.Errorf("%s is mounted from a Secret, but none was named", file)
+			}
+		}
+		return
 	}
 	cfg := loadExporterConfig(t, []byte(cm.Data[path.Base(configFile)]))
 	for name, mod := range cfg.Modules {
