@@ -400,3 +400,27 @@ func TestServerIsTheDefaultCommand(t *testing.T) {
 		}
 	}
 }
+
+// TestProbeCommandTimeout checks that --timeout shortens the probe and is
+// cut to the module's timeout, as a scrape timeout is.
+func TestProbeCommandTimeout(t *testing.T) {
+	srv := submissionServer(t, smtptest.Options{})
+	cfg := probeConfig(t, "PLAIN", "127.0.0.1")
+	for flag, want := range map[string]float64{"": 5, "--timeout=2s": 2, "--timeout=1m": 5} {
+		args := []string{"probe", "--config.file=" + cfg, "--module=submission", "--output=json", srv.Addr()}
+		if flag != "" {
+			args = append(args, flag)
+		}
+		code, stdout, stderr := runCaptured(t, args...)
+		if code != 0 {
+			t.Fatalf("%q: exit code %d, want 0: %s", flag, code, stderr)
+		}
+		if rep, _ := decodeReport(t, stdout); rep.TimeoutSeconds != want {
+			t.Errorf("%q: timeout_seconds %v, want %v", flag, rep.TimeoutSeconds, want)
+		}
+	}
+	code, _, stderr := runCaptured(t, "probe", "--config.file="+cfg, "--module=submission", "--timeout=-1s", srv.Addr())
+	if code != 2 || !strings.Contains(stderr, "--timeout must not be negative") {
+		t.Errorf("negative timeout: exit code %d, stderr %q; want 2", code, stderr)
+	}
+}
