@@ -8,8 +8,10 @@
 #
 #   bash packaging/test-deb.sh [DEB]     DEB defaults to a fresh packaging/build-deb.sh
 #
-# Root on Debian. The lab of test/lab (SMTP_EXPORTER_LAB, as .ci/run exports
-# it) is needed for the probes; without it they are skipped, except in CI.
+# Root on Debian; installs systemd's package for systemd-analyze if it is
+# missing (nothing starts systemd). The lab of test/lab (SMTP_EXPORTER_LAB,
+# as .ci/run exports it) is needed for the probes; without it they are
+# skipped, except in CI.
 # Only loopback is contacted: the test configuration names the lab's ports on
 # 127.0.0.1, never the shipped configuration's example.net hosts.
 set -euo pipefail
@@ -29,7 +31,13 @@ ok() {
 }
 
 [[ $(id -u) -eq 0 ]] || fail "must run as root (dpkg -i)"
-for b in dpkg dpkg-query setpriv timeout; do
+if ! command -v systemd-analyze >/dev/null; then
+	# Only for `systemd-analyze verify` and `security`: nothing starts it.
+	# shellcheck source=../test/apt.sh
+	source test/apt.sh
+	apt_install systemd </dev/null >&2 || fail "could not install systemd (for systemd-analyze)"
+fi
+for b in dpkg dpkg-query setpriv timeout systemd-analyze; do
 	command -v "$b" >/dev/null || fail "$b not found"
 done
 # Never take over an installation or an account that is not this test's.
@@ -135,9 +143,12 @@ done
 [[ -r $unit_file ]] || fail "no $unit_file"
 /usr/bin/smtp_exporter --config.file="$etc/smtp_exporter.yml" --config.check >/dev/null ||
 	fail "the shipped configuration does not validate"
-if command -v systemd-analyze >/dev/null; then
-	systemd-analyze verify "$unit_file" || fail "systemd-analyze verify $unit_file"
-fi
+# systemd's own reading of the unit (systemd need not run): its syntax, and
+# an exposure level kept below 2.0 of 10 ("OK").
+systemd-analyze verify "$unit_file" || fail "systemd-analyze verify $unit_file"
+exposure=$(systemd-analyze security --offline=yes --threshold=20 "$unit_file" 2>&1) ||
+	fail "systemd-analyze security: the unit's exposure rose above 2.0: $(tail -n 1 <<<"$exposure")"
+echo "  systemd-analyze security: $(tail -n 1 <<<"$exposure")"
 ok "installed: system user smtp_exporter (uid $uid), conffiles, $etc readable by its group only"
 
 # --- configure for the lab, as an administrator would ------------------------
