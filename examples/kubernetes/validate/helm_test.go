@@ -106,10 +106,17 @@ func chartMeta(t *testing.T) (version, appVersion string) {
 	return c.Version, c.AppVersion
 }
 
-func TestChartAppVersionIsTheExportersVersion(t *testing.T) {
-	_, appVersion := chartMeta(t)
-	if want := strings.TrimSpace(string(readFile(t, versionFile))); appVersion != want {
-		t.Errorf("Chart.yaml has appVersion %q, VERSION says %q: the image tag defaults to appVersion", appVersion, want)
+// TestImagesAreTheExportersVersion checks that the chart's appVersion, which
+// its image tag defaults to, and the kustomize base's image tag are the
+// VERSION file's.
+func TestImagesAreTheExportersVersion(t *testing.T) {
+	version := strings.TrimSpace(string(readFile(t, versionFile)))
+	if _, appVersion := chartMeta(t); appVersion != version {
+		t.Errorf("Chart.yaml has appVersion %q, VERSION says %q: the image tag defaults to appVersion", appVersion, version)
+	}
+	image := exporterContainer(t, only(t, "StatefulSet", build(t, baseDir).statefulSets)).Image
+	if !strings.HasSuffix(image, ":"+version) {
+		t.Errorf("the kustomize base runs image %s, VERSION says %s: set newTag in %s/kustomization.yaml", image, version, baseDir)
 	}
 }
 
