@@ -12,8 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/smtp-exporter/smtp_exporter/config"
 )
@@ -26,7 +28,51 @@ const (
 	scramMaxIterations = 1_000_000
 	scramNonceBytes    = 24
 	scramMaxSaltBytes  = 256
+	// saltCheckEvery is how many iterations saltPassword hashes between
+	// looks at the deadline: a quarter of a millisecond on a CPU with SHA
+	// instructions, a few without, tens under the race detector.
+	saltCheckEvery = 1024
 )
+
+// derivationSlots is a counting semaphore over SCRAM key derivations.
+type derivationSlots chan struct{}
+
+func newDerivationSlots(n int) derivationSlots {
+	return make(derivationSlots, max(n, 1))
+}
+
+// acquire takes a slot, waiting for one until ctx ends.
+func (s derivationSlots) acquire(ctx context.Context) error {
+	select {
+	case s <- struct{}{}:
+		return nil
+	default:
+	}
+	select {
+	case s <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s derivationSlots) release() { <-s }
+
+// keyDerivations bounds the SCRAM key derivations running at once in the
+// process to one per CPU the Go scheduler runs on. A derivation is pure
+// CPU for as long as the server's iteration count says (a fifth of a
+// second at scramMaxIterations with SHA instructions): without the bound,
+// hundreds of probes of such servers share the CPUs, none finishes, each
+// overruns its deadline by its share of the queue, and /metrics waits
+// behind them. With it, a probe waits for a slot within its deadline and
+// fails with timeout in auth when none comes.
+//
+// It is the one package-level semaphore of the prober, on purpose: what
+// it guards, the CPUs, exists once per process, whoever calls Probe and
+// however many handlers there are. It carries nothing from one probe to
+// another but how many are hashing now. A mechanism keeps its own
+// reference (scramAuth.slots), which tests replace.
+var keyDerivations = newDerivationSlots(runtime.GOMAXPROCS(0))
 
 // scramAuth is RFC 5802 SCRAM (SCRAM-SHA-1, and SCRAM-SHA-256 from RFC
 // 7677) without channel binding: the GS2 header is "n,,". The server proves
@@ -54,13 +100,15 @@ type scramAuth struct {
 	// red redacts what the server says before an error quotes it; nil
 	// redacts nothing.
 	red *redactor
-	// ctx is the probe's: the key derivation stops when it ends. nil
-	// means no deadline.
+	// ctx is the probe's: the wait for a derivation slot and the key
+	// derivation stop when it ends. nil means no deadline.
 	ctx context.Context
+	// slots bounds the derivations running at once: keyDerivations.
+	slots derivationSlots
 }
 
 func newSCRAM(name, username, password string, secrets func(string)) *scramAuth {
-	a := &scramAuth{name: name, username: username, password: password, secrets: secrets}
+	a := &scramAuth{name: name, username: username, password: password, secrets: secrets, slots: keyDerivations}
 	if name == config.MechanismSCRAMSHA1 {
 		a.newHash = sha1.New
 	} else {
@@ -133,9 +181,9 @@ func (a *scramAuth) clientFinal(serverFirst []byte) ([]byte, error) {
 		return nil, protocolErrorf("SCRAM iteration count %d exceeds the limit of %d", iterations, scramMaxIterations)
 	}
 
-	salted, err := saltPassword(a.ctx, a.newHash, a.password, salt, iterations)
+	salted, err := a.deriveKey(salt, iterations)
 	if err != nil {
-		return nil, fmt.Errorf("deriving the SCRAM key: %w", err)
+		return nil, err
 	}
 	clientKey := a.hmac(salted, []byte("Client Key"))
 	storedKey := a.newHash()
@@ -154,14 +202,34 @@ func (a *scramAuth) clientFinal(serverFirst []byte) ([]byte, error) {
 	return []byte(final), nil
 }
 
+// deriveKey runs saltPassword in a slot of a.slots, waiting for one until
+// the probe's deadline.
+func (a *scramAuth) deriveKey(salt []byte, iterations int) ([]byte, error) {
+	ctx := a.ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	wait := time.Now()
+	if err := a.slots.acquire(ctx); err != nil {
+		return nil, fmt.Errorf("waited %v for one of the %d SCRAM key derivations running at once to end: %w",
+			time.Since(wait).Round(time.Millisecond), cap(a.slots), err)
+	}
+	defer a.slots.release()
+	salted, err := saltPassword(ctx, a.newHash, a.password, salt, iterations)
+	if err != nil {
+		return nil, fmt.Errorf("deriving the SCRAM key (%d iterations): %w", iterations, err)
+	}
+	return salted, nil
+}
+
 // saltPassword is SCRAM's Hi(): PBKDF2 (RFC 8018) with HMAC over newHash,
 // for the one block of a hash's length that SCRAM uses, as crypto/pbkdf2
 // computes it. Unlike crypto/pbkdf2 it gives up when ctx ends: the server
 // chooses the iteration count, and scramMaxIterations take a good part of a
 // second, which must not carry a probe past its deadline.
 func saltPassword(ctx context.Context, newHash func() hash.Hash, password string, salt []byte, iterations int) ([]byte, error) {
-	if ctx == nil {
-		ctx = context.Background()
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
 	prf := hmac.New(newHash, []byte(password))
 	prf.Write(salt)
@@ -169,8 +237,7 @@ func saltPassword(ctx context.Context, newHash func() hash.Hash, password string
 	u := prf.Sum(nil)
 	key := bytes.Clone(u)
 	for i := 1; i < iterations; i++ {
-		// A few milliseconds of hashing between checks.
-		if i%4096 == 0 {
+		if i%saltCheckEvery == 0 {
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}

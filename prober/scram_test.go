@@ -1,6 +1,7 @@
 package prober
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/pbkdf2"
 	"crypto/rand"
@@ -427,4 +428,66 @@ func BenchmarkSCRAMClientProof(b *testing.B) {
 			}
 		})
 	}
+}
+
+// A derivation waits for a free slot only until the probe's deadline, and
+// runs once one is free.
+func TestSCRAMWaitsForADerivationSlot(t *testing.T) {
+	t.Parallel()
+	salt := base64.StdEncoding.EncodeToString([]byte("salt"))
+	slots := newDerivationSlots(1)
+	slots <- struct{}{} // another derivation is running
+
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	a := newSCRAM(config.MechanismSCRAMSHA256, "user", "pencil", func(string) {})
+	a.ctx, a.slots = ctx, slots
+	a.Start()
+	start := time.Now()
+	_, err := a.Next([]byte("r=" + a.clientNonce + "srv,s=" + salt + ",i=4096"))
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "key derivations running at once") {
+		t.Errorf("error %v, want the deadline's while waiting for a slot", err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("waited %v for a slot with a 100ms deadline", took)
+	}
+
+	slots.release()
+	b := newSCRAM(config.MechanismSCRAMSHA256, "user", "pencil", func(string) {})
+	b.slots = slots
+	b.Start()
+	if _, err := b.Next([]byte("r=" + b.clientNonce + "srv,s=" + salt + ",i=4096")); err != nil {
+		t.Errorf("with a free slot: %v", err)
+	}
+	if len(slots) != 0 {
+		t.Errorf("%d slots still taken after the derivation", len(slots))
+	}
+}
+
+// A probe that gets no derivation slot before its deadline fails with
+// timeout in auth, at its deadline. Not parallel: it takes every slot of
+// the process.
+func TestProbeSCRAMNoDerivationSlot(t *testing.T) {
+	for range cap(keyDerivations) {
+		keyDerivations <- struct{}{}
+	}
+	defer func() {
+		for range cap(keyDerivations) {
+			keyDerivations.release()
+		}
+	}()
+	s := &scramServer{user: testUser, password: testPassword}
+	srv := smtptest.NewScripted(t, s.handle)
+	m := loadModule(t, moduleSpec{TLS: "none", Mechanism: "SCRAM-SHA-256", AllowPlaintext: true, Timeout: "1s"})
+	start := time.Now()
+	r, log := runProbe(t, srv.Addr(), m)
+	took := time.Since(start)
+	requireFailure(t, r, PhaseAuth, ReasonTimeout)
+	if !strings.Contains(r.Failure.Err.Error(), "key derivations running at once") {
+		t.Errorf("error %q does not say the probe waited for a derivation", r.Failure.Err)
+	}
+	if took > 3*time.Second {
+		t.Errorf("probe with a 1s timeout took %v", took)
+	}
+	assertNoSecrets(t, r, log, testPassword)
 }
