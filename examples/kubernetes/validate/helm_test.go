@@ -251,7 +251,7 @@ func TestChartConfiguration(t *testing.T) {
 }
 
 // TestChartRefusesWhatCannotWork checks that helm stops with a reason
-// instead of rendering Probes that cannot work.
+// instead of rendering Probes that cannot work or ignoring a misspelt value.
 func TestChartRefusesWhatCannotWork(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
@@ -261,7 +261,11 @@ func TestChartRefusesWhatCannotWork(t *testing.T) {
 		{[]string{"--set", "probes.enabled=true", "--set", "probes.modules[0].module=smtp_banner"}, "module smtp_banner has no targets"},
 		{[]string{"--set", "probes.enabled=true", "--set", "probes.modules[0].module=smtp_banner", "--set", "probes.modules[0].targets[0]=mx:25",
 			"--set", "probes.modules[0].jobName=banner"}, `must start with smtp_`},
-		{[]string{"--set", "replicas=0"}, "replicas must be at least 1"},
+		// values.schema.json: a misspelt value would leave its default in
+		// force silently.
+		{[]string{"--set", "replicas=0"}, "/replicas': minimum"},
+		{[]string{"--set", "replica=3"}, "additional properties 'replica' not allowed"},
+		{[]string{"--set", "probes.serviceMonitor.enabled=true"}, "additional properties 'serviceMonitor' not allowed"},
 	} {
 		if out := helmFails(t, tc.args...); !strings.Contains(out, tc.want) {
 			t.Errorf("helm template %s: %s\nwant an error saying %q", strings.Join(tc.args, " "), out, tc.want)
