@@ -29,20 +29,27 @@ const (
 	// two scrape intervals, so the rules' promise still holds here: a
 	// single odd scrape (a probe cut off as Postfix stops) never fires.
 	alertFor = 5 * time.Second
-	// alertmanagerWait is group_wait, group_interval and repeat_interval.
+	// alertmanagerWait is group_wait and group_interval.
 	alertmanagerWait = time.Second
+	// accountGroupWait is the group_wait of the route that gathers one
+	// account's SMTPAuthenticationFailing alerts, scaled as the shipped one
+	// (2m30s): its jobs start failing within a scrape interval plus a
+	// probe's duration (the scrape timeout) of each other, and fire within
+	// one more evaluation interval; 3 s of margin.
+	accountGroupWait = 2*scrapeInterval + evaluationInterval + 3*time.Second
 
 	// scenarioBudget bounds the test from the lab's start to the last
-	// step (it takes about 35 s); stepTimeout each wait for an alert to
+	// step (it takes about 50 s); stepTimeout each wait for an alert to
 	// arrive or leave.
-	scenarioBudget = 90 * time.Second
+	scenarioBudget = 120 * time.Second
 	stepTimeout    = 30 * time.Second
 )
 
-// TestAlertingEndToEnd walks one probe target through "all green", a wrong
-// password, the password restored and Postfix stopped, and checks at each
-// step what Prometheus reports as pending or firing and what reaches the
-// webhook.
+// TestAlertingEndToEnd walks one account, probed by two jobs on two ports
+// (submission with STARTTLS and submissions with implicit TLS), through "all
+// green", a wrong password, the password restored and Postfix stopped, and
+// checks at each step what Prometheus reports as pending or firing and what
+// reaches the webhook: the wrong password pages once for the account.
 func TestAlertingEndToEnd(t *testing.T) {
 	bins := requireTools(t)
 	exporterBin := buildExporter(t)
@@ -61,13 +68,19 @@ func TestAlertingEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	target := net.JoinHostPort("127.0.0.1", strconv.Itoa(l.submissionPort))
+	implicitPort, err := strconv.Atoi(l.vars["LAB_PORT_IMPLICIT"])
+	if err != nil {
+		t.Fatalf("LAB_PORT_IMPLICIT: %v", err)
+	}
+	implicitTarget := net.JoinHostPort("127.0.0.1", strconv.Itoa(implicitPort))
+	targets := map[string]string{probeJob: target, implicitJob: implicitTarget}
 
 	exporterAddr, amAddr, promAddr := h.freeAddr(), h.freeAddr(), h.freeAddr()
 	rules, alertCount := shortenedRules(t, alertFor)
 	rulesFile := writeConfig(t, h.dir, "smtp_exporter.rules.yml", rules)
-	prom := prometheusConfig(t, rulesFile, exporterAddr, amAddr, target, scrapeInterval, evaluationInterval)
+	prom := prometheusConfig(t, rulesFile, exporterAddr, amAddr, targets, scrapeInterval, evaluationInterval)
 
-	exporterConfigFile := writeConfig(t, h.dir, "smtp_exporter.yml", exporterConfig(prom.module, l, passwordFile))
+	exporterConfigFile := writeConfig(t, h.dir, "smtp_exporter.yml", exporterConfig(prom.modules, l, implicitPort, passwordFile))
 	// Registered before the exporter starts, so that it runs once the
 	// exporter has stopped and written everything.
 	t.Cleanup(func() {
@@ -86,13 +99,15 @@ func TestAlertingEndToEnd(t *testing.T) {
 	// The lab's first login starts Dovecot's auth worker and can take a few
 	// seconds; Prometheus must not see that as a slow or failed probe.
 	warmStart := time.Now()
-	h.waitFor("a first successful probe of the lab", stepTimeout, func() (bool, error) {
-		return h.probeSucceeds(exporterURL, prom.module, target)
-	})
+	for job, tgt := range targets {
+		h.waitFor("a first successful probe of the lab by "+job, stepTimeout, func() (bool, error) {
+			return h.probeSucceeds(exporterURL, prom.modules[job], tgt)
+		})
+	}
 	t.Logf("first successful probe after %v", time.Since(warmStart).Round(time.Millisecond))
 
 	hook := h.startWebhook()
-	amConfig := writeConfig(t, h.dir, "alertmanager.yml", alertmanagerConfig(t, hook.server.URL, alertmanagerWait))
+	amConfig := writeConfig(t, h.dir, "alertmanager.yml", alertmanagerConfig(t, hook.server.URL, alertmanagerWait, accountGroupWait))
 	h.start("alertmanager", bins.alertmanager,
 		"--config.file="+amConfig,
 		"--storage.path="+filepath.Join(h.dir, "alertmanager-data"),
@@ -115,8 +130,8 @@ func TestAlertingEndToEnd(t *testing.T) {
 	// Step 1: all green.
 	stepStart := time.Now()
 	const greenScrapes = 3
-	h.waitFor(fmt.Sprintf("%d successful probe scrapes and the exporter's own metrics", greenScrapes), stepTimeout, func() (bool, error) {
-		probes, err := api.queryHasResult(fmt.Sprintf(`sum_over_time(probe_success{job=%q}[1m]) >= %d`, probeJob, greenScrapes))
+	h.waitFor(fmt.Sprintf("%d successful probe scrapes of each job and the exporter's own metrics", greenScrapes), stepTimeout, func() (bool, error) {
+		probes, err := api.queryHasResult(fmt.Sprintf(`count(sum_over_time(probe_success{job=~%q}[1m]) >= %d) == 2`, probeJob+"|"+implicitJob, greenScrapes))
 		if err != nil || !probes {
 			return false, err
 		}
@@ -164,13 +179,14 @@ func TestAlertingEndToEnd(t *testing.T) {
 	if summary := auth.Annotations["summary"]; !strings.Contains(summary, target) {
 		t.Errorf("step 2: SMTPAuthenticationFailing summary does not name %s: %q", target, summary)
 	}
-	s.checkPrometheusValue("SMTPAuthenticationFailing", "535")
+	s.checkPrometheusValue("SMTPAuthenticationFailing", target, "535")
 	// The server answers: the unreachable alert must not even be pending.
 	for _, a := range s.activeAlerts() {
 		if a.Labels["alertname"] == "SMTPServerUnreachable" {
 			t.Errorf("step 2: SMTPServerUnreachable is active while the server answers: %s", a)
 		}
 	}
+	s.checkOnePage(stepStart, prom.account, targets)
 
 	// Step 3: the password is restored. The exporter holds logins after a
 	// rejection (auth_failure_backoff, 5m by default) and returns the
@@ -207,7 +223,7 @@ func TestAlertingEndToEnd(t *testing.T) {
 	if description := down.Annotations["description"]; !strings.Contains(description, "reason connection_refused and no reply code") {
 		t.Errorf("step 4: SMTPServerUnreachable description does not say there was no reply code:\n%s", description)
 	}
-	s.checkPrometheusValue("SMTPServerUnreachable", "0")
+	s.checkPrometheusValue("SMTPServerUnreachable", target, "0")
 	for _, a := range hook.received(stepStart) {
 		if a.Status == "firing" && a.Labels["alertname"] == "SMTPAuthenticationFailing" {
 			t.Errorf("step 4: SMTPAuthenticationFailing fired while Postfix was down: %s", a)
@@ -337,22 +353,105 @@ func (s *scenario) waitResolved(alert string, since time.Time) receivedAlert {
 }
 
 // checkPrometheusValue checks the value of the one firing alert of that
-// name: the failure alerts carry the reply code that ended the phase.
-func (s *scenario) checkPrometheusValue(alert, want string) {
+// name for a target: the failure alerts carry the reply code that ended
+// the phase.
+func (s *scenario) checkPrometheusValue(alert, instance, want string) {
 	s.h.t.Helper()
 	var values []string
 	for _, a := range s.activeAlerts() {
-		if a.Labels["alertname"] == alert && a.State == "firing" {
+		if a.Labels["alertname"] == alert && a.Labels["instance"] == instance && a.State == "firing" {
 			values = append(values, a.Value)
 		}
 	}
 	if len(values) != 1 {
-		s.h.t.Errorf("%d firing %s alerts in Prometheus, want 1", len(values), alert)
+		s.h.t.Errorf("%d firing %s alerts for %s in Prometheus, want 1", len(values), alert, instance)
 		return
 	}
 	got, err := strconv.ParseFloat(values[0], 64)
 	wantValue, _ := strconv.ParseFloat(want, 64)
 	if err != nil || got != wantValue {
 		s.h.t.Errorf("%s has the value %q in Prometheus, want %s", alert, values[0], want)
+	}
+}
+
+// notification is what one POST of Alertmanager to the webhook carried.
+type notification struct {
+	receiver string
+	at       time.Time
+	alerts   []receivedAlert
+}
+
+// notifications regroups the alerts the webhook received since a moment
+// into the notifications that carried them: the webhook stamps every alert
+// of one POST with the same arrival time.
+func (s *scenario) notifications(since time.Time) []notification {
+	var out []notification
+	for _, a := range s.hook.received(since) {
+		if n := len(out); n > 0 && out[n-1].receiver == a.Receiver && out[n-1].at.Equal(a.At) {
+			out[n-1].alerts = append(out[n-1].alerts, a)
+			continue
+		}
+		out = append(out, notification{receiver: a.Receiver, at: a.At, alerts: []receivedAlert{a}})
+	}
+	return out
+}
+
+// checkOnePage checks that the wrong password of one account, probed by two
+// jobs on two ports, pages once: both jobs' SMTPAuthenticationFailing fire
+// in Prometheus, and the webhook receives exactly one notification with
+// them, sent to the pager, and nothing more while they keep firing.
+func (s *scenario) checkOnePage(since time.Time, account string, targets map[string]string) {
+	s.h.t.Helper()
+	firing := func() (map[string]bool, error) {
+		jobs := map[string]bool{}
+		alerts, err := s.api.alerts()
+		for _, a := range alerts {
+			if a.Labels["alertname"] == "SMTPAuthenticationFailing" && a.State == "firing" {
+				jobs[a.Labels["job"]] = true
+			}
+		}
+		return jobs, err
+	}
+	s.h.waitFor("SMTPAuthenticationFailing firing in Prometheus for every job of the account", stepTimeout, func() (bool, error) {
+		jobs, err := firing()
+		return len(jobs) == len(targets), err
+	})
+	// Long enough for a second notification: Alertmanager would send one
+	// group_interval after a change of the group.
+	time.Sleep(3 * alertmanagerWait)
+
+	var pages []notification
+	for _, n := range s.notifications(since) {
+		for _, a := range n.alerts {
+			if a.Status == "firing" && a.Labels["alertname"] == "SMTPAuthenticationFailing" {
+				pages = append(pages, n)
+				break
+			}
+		}
+	}
+	for _, n := range pages {
+		s.h.t.Logf("step 2: notification to %s at %s with %d alerts", n.receiver, n.at.Format("15:04:05.000"), len(n.alerts))
+	}
+	if len(pages) != 1 {
+		s.h.t.Errorf("step 2: %d notifications of SMTPAuthenticationFailing for account %s, want exactly 1", len(pages), account)
+		return
+	}
+	page := pages[0]
+	if page.receiver != "mail-team-pager" {
+		s.h.t.Errorf("step 2: the notification went to %s, want mail-team-pager", page.receiver)
+	}
+	for job, target := range targets {
+		found := false
+		for _, a := range page.alerts {
+			if a.Status == "firing" && a.Labels["job"] == job && a.Labels["instance"] == target && a.Labels["account"] == account {
+				found = true
+			}
+		}
+		if !found {
+			s.h.t.Errorf("step 2: the notification does not carry SMTPAuthenticationFailing of job %s (%s, account %s): %v", job, target, account, page.alerts)
+		}
+	}
+	if jobs, err := firing(); err != nil || len(jobs) != len(targets) {
+		s.h.t.Errorf("step 2: SMTPAuthenticationFailing no longer fires for every job (%v, %v)", jobs, err)
 	}
 }

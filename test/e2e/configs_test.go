@@ -23,6 +23,10 @@ const (
 	// exporterJob the one that scrapes the exporter's own /metrics.
 	probeJob    = "smtp_submission"
 	exporterJob = "smtp_exporter"
+	// implicitJob is the shipped job of the same account on implicit TLS
+	// (submissions, port 465): with probeJob, two jobs and two ports that
+	// log in with one account.
+	implicitJob = "smtp_submissions"
 )
 
 // forLine is the form every `for:` of the rules file takes (its header
@@ -74,14 +78,20 @@ func shortenedRules(t *testing.T, alertFor time.Duration) ([]byte, int) {
 	return forLine.ReplaceAll(rules, []byte("${1}for: "+promDuration(alertFor))), n
 }
 
-// exporterConfig is a module like the shipped submission module, pointed
-// at the private lab: STARTTLS, the lab's CA, PLAIN with a password file.
-func exporterConfig(module string, l *lab, passwordFile string) []byte {
-	return fmt.Appendf(nil, `modules:
-  %s:
+// exporterConfig has modules like the shipped submission and submissions
+// modules, pointed at the private lab: STARTTLS on its submission port and
+// implicit TLS on its smtps port, the lab's CA, PLAIN with one password
+// file (one account).
+func exporterConfig(modules map[string]string, l *lab, implicitPort int, passwordFile string) []byte {
+	out := []byte("modules:\n")
+	for _, m := range []struct {
+		job, tls string
+		port     int
+	}{{probeJob, "starttls", l.submissionPort}, {implicitJob, "implicit", implicitPort}} {
+		out = fmt.Appendf(out, `  %s:
     timeout: 10s
     smtp:
-      tls: starttls
+      tls: %s
       port: %d
       tls_config:
         ca_file: %q
@@ -91,14 +101,18 @@ func exporterConfig(module string, l *lab, passwordFile string) []byte {
         username: %q
         password_file: %q
       allowed_targets: ["127.0.0.1"]
-`, module, l.submissionPort, l.vars["LAB_CA"], l.vars["LAB_USER"], passwordFile)
+`, modules[m.job], m.tls, m.port, l.vars["LAB_CA"], l.vars["LAB_USER"], passwordFile)
+	}
+	return out
 }
 
 // prometheusSetup is the Prometheus configuration of the scenario and what
 // the test needs to know about it.
 type prometheusSetup struct {
-	config []byte
-	module string // the module the probe job asks for
+	config  []byte
+	module  string            // the module the probe job asks for
+	modules map[string]string // the module each probe job asks for, by job
+	account string            // the account label of the probe jobs' targets
 }
 
 // shippedJobs returns the jobs of the shipped prometheus.yml by name.
@@ -180,34 +194,61 @@ func routeToExporters(t *testing.T, shipped any, exporters []string) []any {
 	return out
 }
 
-// prometheusConfig takes the shipped prometheus.yml and keeps its probe job
-// and the exporter's own job, with their parameters and relabeling as
-// shipped; only addresses and intervals change: the target is the lab, the
-// relabeling's exporter address is the exporter under test (the only
-// replica), and alerts go to the Alertmanager under test.
-func prometheusConfig(t *testing.T, rulesFile, exporterAddr, amAddr, target string, scrapeInterval, evaluationInterval time.Duration) prometheusSetup {
+// prometheusConfig takes the shipped prometheus.yml and keeps its two
+// probe jobs of one account (probeJob and implicitJob) and the exporter's
+// own job, with their parameters, target labels and relabeling as shipped;
+// only addresses and intervals change: the targets are the lab (targets
+// maps each probe job to its own), the relabeling's exporter address is
+// the exporter under test (the only replica), and alerts go to the
+// Alertmanager under test.
+func prometheusConfig(t *testing.T, rulesFile, exporterAddr, amAddr string, targets map[string]string, scrapeInterval, evaluationInterval time.Duration) prometheusSetup {
 	t.Helper()
 	byName := shippedJobs(t)
-	probe, own := byName[probeJob], byName[exporterJob]
-
-	var setup prometheusSetup
-	if params, ok := probe["params"].(map[string]any); ok {
-		if modules, ok := params["module"].([]any); ok && len(modules) == 1 {
-			setup.module, _ = modules[0].(string)
+	own := byName[exporterJob]
+	setup := prometheusSetup{modules: map[string]string{}}
+	jobs := []any{own}
+	for _, name := range []string{probeJob, implicitJob} {
+		probe := byName[name]
+		if probe == nil {
+			t.Fatalf("%s has no job %s", shippedPrometheusConfig, name)
 		}
+		if params, ok := probe["params"].(map[string]any); ok {
+			if modules, ok := params["module"].([]any); ok && len(modules) == 1 {
+				setup.modules[name], _ = modules[0].(string)
+			}
+		}
+		if setup.modules[name] == "" {
+			t.Fatalf("%s: job %s has no single module parameter", shippedPrometheusConfig, name)
+		}
+		// The shipped target labels (the account) stay, on the lab's target.
+		labels := map[string]any{}
+		statics, _ := probe["static_configs"].([]any)
+		for _, sc := range statics {
+			if scm, ok := sc.(map[string]any); ok {
+				if l, ok := scm["labels"].(map[string]any); ok {
+					labels = l
+				}
+			}
+		}
+		account, _ := labels["account"].(string)
+		if account == "" || (setup.account != "" && account != setup.account) {
+			t.Fatalf("%s: jobs %s and %s must label their targets with one account, got %q and %q",
+				shippedPrometheusConfig, probeJob, implicitJob, setup.account, account)
+		}
+		setup.account = account
+		probe["static_configs"] = []any{map[string]any{"targets": []any{targets[name]}, "labels": labels}}
+		probe["relabel_configs"] = routeToExporters(t, probe["relabel_configs"], []string{exporterAddr})
+		jobs = append(jobs, probe)
 	}
-	if setup.module == "" {
-		t.Fatalf("%s: job %s has no single module parameter", shippedPrometheusConfig, probeJob)
-	}
-	probe["relabel_configs"] = routeToExporters(t, probe["relabel_configs"], []string{exporterAddr})
-	// Both jobs are scraped every scrapeInterval, and a probe may take
-	// all of it.
-	for _, job := range []map[string]any{probe, own} {
+	setup.module = setup.modules[probeJob]
+	// Every job is scraped every scrapeInterval, and a probe may take all
+	// of it.
+	for _, j := range jobs {
+		job := j.(map[string]any)
 		delete(job, "scrape_interval")
 		job["scrape_timeout"] = promDuration(scrapeInterval)
 		delete(job, "file_sd_configs")
 	}
-	probe["static_configs"] = []any{map[string]any{"targets": []any{target}}}
 	own["static_configs"] = []any{map[string]any{"targets": []any{exporterAddr}}}
 
 	setup.config = marshalYAML(t, map[string]any{
@@ -222,16 +263,21 @@ func prometheusConfig(t *testing.T, rulesFile, exporterAddr, amAddr, target stri
 				"static_configs": []any{map[string]any{"targets": []any{amAddr}}},
 			}},
 		},
-		"scrape_configs": []any{own, probe},
+		"scrape_configs": jobs,
 	})
 	return setup
 }
 
 // alertmanagerConfig takes the shipped routing tree and inhibit rules and
 // points every receiver at the test's webhook (URL path = receiver name),
-// with every grouping wait shortened. Only webhooks to the test server
-// remain: no receiver can reach anything else.
-func alertmanagerConfig(t *testing.T, webhookURL string, wait time.Duration) []byte {
+// with the grouping waits shortened: group_wait and group_interval to wait,
+// except a route's own group_wait (the one that collects every job of an
+// account into one notification), which becomes accountWait, scaled to the
+// test's intervals as the shipped one is to prometheus.yml's. Nothing is
+// repeated within the test (repeat_interval 1h), so that every notification
+// the webhook receives is news. Only webhooks to the test server remain: no
+// receiver can reach anything else.
+func alertmanagerConfig(t *testing.T, webhookURL string, wait, accountWait time.Duration) []byte {
 	t.Helper()
 	var shipped map[string]any
 	if err := yaml.Unmarshal(readShipped(t, shippedAlertmanagerConfig), &shipped); err != nil {
@@ -243,10 +289,14 @@ func alertmanagerConfig(t *testing.T, webhookURL string, wait time.Duration) []b
 	}
 	var shorten func(r map[string]any)
 	shorten = func(r map[string]any) {
-		for _, key := range []string{"group_wait", "group_interval", "repeat_interval"} {
-			if _, ok := r[key]; ok {
-				r[key] = promDuration(wait)
-			}
+		if _, ok := r["group_wait"]; ok {
+			r["group_wait"] = promDuration(accountWait)
+		}
+		if _, ok := r["group_interval"]; ok {
+			r["group_interval"] = promDuration(wait)
+		}
+		if _, ok := r["repeat_interval"]; ok {
+			r["repeat_interval"] = "1h"
 		}
 		children, _ := r["routes"].([]any)
 		for _, c := range children {
@@ -256,9 +306,9 @@ func alertmanagerConfig(t *testing.T, webhookURL string, wait time.Duration) []b
 		}
 	}
 	shorten(route)
-	for _, key := range []string{"group_wait", "group_interval", "repeat_interval"} {
-		route[key] = promDuration(wait)
-	}
+	route["group_wait"] = promDuration(wait)
+	route["group_interval"] = promDuration(wait)
+	route["repeat_interval"] = "1h"
 
 	shippedReceivers, _ := shipped["receivers"].([]any)
 	var receivers []any
