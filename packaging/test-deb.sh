@@ -3,8 +3,9 @@
 # the exporter the way its systemd unit does (systemd need not run here: the
 # unit's ExecStart, with the words of its EnvironmentFile, under its User and
 # Group, with no new privileges and no capabilities), probes the lab through
-# it, reloads it with the unit's ExecReload, stops it, then removes and purges
-# the package and checks what each step leaves.
+# it, reloads it with the unit's ExecReload, installs the package over itself
+# as an upgrade does, stops it, then removes and purges the package, and
+# checks what each step leaves.
 #
 #   bash packaging/test-deb.sh [DEB]     DEB defaults to a fresh packaging/build-deb.sh
 #
@@ -314,6 +315,14 @@ metrics=$(http_get "$port" /metrics) || fail "GET /metrics"
 [[ $(metric "$metrics" smtp_exporter_config_last_reload_successful) == 1 ]] || fail "the reload failed"
 kill -0 "$main_pid" 2>/dev/null || fail "the exporter exited on ExecReload"
 ok "ExecReload (${reload[*]}) reloaded the configuration"
+
+# --- upgrade (the same package again): edited conffiles and the user stay ----
+dpkg -i "$deb" </dev/null
+grep -q "^ARGS=\"--config.file=$config " "$default_file" || fail "the upgrade replaced the edited $default_file"
+[[ $(id -u smtp_exporter) == "$uid" ]] || fail "the upgrade changed the user"
+[[ $(stat -c '%U:%G %a' "$etc/smtp_exporter.yml") == "root:smtp_exporter 640" ]] ||
+	fail "after the upgrade $etc/smtp_exporter.yml is $(stat -c '%U:%G %a' "$etc/smtp_exporter.yml")"
+ok "upgraded in place: the edited $default_file, the user and the modes kept"
 
 # --- stop, as systemd does (SIGTERM) ----------------------------------------
 kill -TERM "$main_pid"
