@@ -144,6 +144,21 @@ func (r *redactor) register(value string, public int, cut bool) {
 		whole := public - public%3
 		forms = append(forms, raw{enc.EncodeToString([]byte(value)), len(enc.EncodeToString([]byte(value[:whole])))})
 	}
+	if public == 0 {
+		// Inside a longer message that is base64 as a whole (a 334
+		// challenge quoting the secret), the secret starts at any offset
+		// of a group of three bytes: what it alone decides of the encoding
+		// at each offset. A composite value needs none: its secret part is
+		// registered alone.
+		for _, enc := range []*base64.Encoding{base64.RawStdEncoding, base64.RawURLEncoding} {
+			for k := 1; k <= 2; k++ {
+				shifted := enc.EncodeToString(append(make([]byte, k), value...))
+				from, to := (8*k+5)/6, 8*(k+len(value))/6
+				forms = append(forms, raw{shifted[from:to], 0})
+			}
+			forms = append(forms, raw{enc.EncodeToString([]byte(value))[:8*len(value)/6], 0})
+		}
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	list := slices.Clone(r.forms)
@@ -246,6 +261,7 @@ func (r *redactor) redact(raw string) string {
 	for _, f := range forms {
 		f.scan(skel, ends, mark)
 	}
+	r.scanBase64(skel, mark)
 	if hit == nil {
 		return raw
 	}
@@ -280,6 +296,43 @@ func (r *redactor) redact(raw string) string {
 	}
 	b.WriteString(raw[done:])
 	return b.String()
+}
+
+// minBase64Run is the shortest run of base64 characters that is decoded to
+// look for a secret inside: 12 characters are 9 bytes.
+const minBase64Run = 12
+
+// scanBase64 marks every run of base64 characters in skel that decodes, in
+// one of the alphabets, to a text that shows a secret: a server can quote
+// a secret inside a message that it then encodes as a whole (the JSON of a
+// refused token, a SCRAM server-error, in a 334 challenge), escaped or at
+// any offset.
+func (r *redactor) scanBase64(skel []byte, mark func(from, to int)) {
+	isBase64 := func(c byte) bool {
+		return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '+' || c == '/' || c == '-' || c == '_' || c == '='
+	}
+	for i := 0; i < len(skel); {
+		if !isBase64(skel[i]) {
+			i++
+			continue
+		}
+		j := i
+		for j < len(skel) && isBase64(skel[j]) {
+			j++
+		}
+		if j-i >= minBase64Run {
+			run := strings.TrimRight(string(skel[i:j]), "=")
+			for _, enc := range []*base64.Encoding{base64.RawStdEncoding, base64.RawURLEncoding} {
+				if decoded, err := enc.DecodeString(run); err == nil {
+					if text := string(decoded); r.redact(text) != text {
+						mark(i, j)
+					}
+					break
+				}
+			}
+		}
+		i = j
+	}
 }
 
 // scan calls mark for every occurrence of f in skel, and for every word
@@ -360,12 +413,17 @@ func isDigits(s string) bool {
 }
 
 // show returns text from outside (a server, a token endpoint) as it may be
-// shown: secrets redacted in the raw text, then made printable and cut to
-// max bytes. A text cut short is redacted once more, so that it cannot end
-// in the start of a secret. A nil redactor only makes the text printable.
+// shown: secrets redacted in the raw text, cut to about max bytes (clip),
+// then made printable. A text changed by either is redacted once more, so
+// that it cannot end in the start of a secret. A nil redactor only cuts
+// and makes the text printable.
 func (r *redactor) show(raw string, max int) string {
-	red := r.redact(raw)
-	s := printable(red, max)
+	red := r.clip(raw, max)
+	bound := max
+	if n := len(red) - len("..."); n > max {
+		bound = n // clip kept a whole marker past max
+	}
+	s := printable(red, bound)
 	if r != nil && s != red {
 		s = r.redact(s)
 	}
@@ -383,7 +441,13 @@ func (r *redactor) clip(raw string, max int) string {
 		for cut > 0 && !utf8.RuneStart(s[cut]) {
 			cut--
 		}
-		s = r.redact(s[:cut] + "...")
+		// A marker is never cut in half.
+		if i := strings.LastIndex(s[:cut], "<"); i >= 0 && strings.HasPrefix(s[i:], Redacted) && i+len(Redacted) > cut {
+			cut = i + len(Redacted)
+		}
+		if cut < len(s) {
+			s = r.redact(s[:cut] + "...")
+		}
 	}
 	return s
 }
