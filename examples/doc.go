@@ -5,7 +5,9 @@
 // strict validation against the Kubernetes API types is the separate module
 // in kubernetes/validate).
 //
-// The tests run promtool and amtool when they are installed (Debian packages
-// prometheus and prometheus-alertmanager); with CI=true a missing tool is a
-// failure rather than a skip.
+// The tests run promtool, amtool and Alertmanager itself (for the inhibit
+// rules, on a loopback port for a moment) when they are installed (Debian
+// packages prometheus and prometheus-alertmanager); with CI=true a missing
+// tool is a failure rather than a skip. docs/runbooks.md is checked against
+// the rules' runbook_url annotations.
 package examples
