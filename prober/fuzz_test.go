@@ -7,6 +7,7 @@ import (
 	"crypto/md5"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -322,6 +323,79 @@ func FuzzParseTarget(f *testing.F) {
 		h2, p2, err := parseTarget(net.JoinHostPort(host, strconv.Itoa(port)), dp)
 		if err != nil || h2 != host || p2 != port {
 			t.Fatalf("parseTarget(%q) = %q, %d; which parses back as %q, %d, %v", target, host, port, h2, p2, err)
+		}
+	})
+}
+
+// FuzzScrub embeds a secret in text from the input in every way a server
+// may echo it (as it is, quoted, JSON-escaped, in every base64 alphabet,
+// split across two lines, with a control or invisible character inserted,
+// inside a longer base64 message) and checks that no output of the
+// redactor shows it: not redact, not show or quote at any bound, not the
+// transcript of a reply carrying it.
+func FuzzScrub(f *testing.F) {
+	f.Add("pw\"Quote\\Back-1234", "535 5.7.8 you sent ", " ok", uint8(4), uint16(40))
+	f.Add("hunter2-password", "", "", uint8(0), uint16(32))
+	f.Add("ya29.T0ken?>never-shown", "{\"scope\":\"", "\"}", uint8(9), uint16(200))
+	f.Add("\x00\xff\u200bsecret\\\"", "x", "y", uint8(3), uint16(64))
+	f.Fuzz(func(t *testing.T, secret, before, after string, how uint8, max uint16) {
+		if len(secret) < 12 || len(secret) > 200 || strings.ContainsAny(secret, "\n") || strings.ContainsAny(before+after, "\r\n") {
+			t.Skip()
+		}
+		half := len(secret) / 2
+		for half > 0 && !utf8.RuneStart(secret[half]) {
+			half--
+		}
+		var embedded string
+		switch how % 10 {
+		case 0:
+			embedded = secret
+		case 1:
+			embedded = strconv.Quote(secret)
+		case 2:
+			b, _ := json.Marshal(secret)
+			embedded = string(b)
+		case 3, 4, 5, 6:
+			embedded = base64Encodings[how%10-3].EncodeToString([]byte(secret))
+		case 7:
+			embedded = secret[:half] + "\r\n" + secret[half:]
+		case 8:
+			embedded = secret[:half] + "\x01\u200b" + secret[half:]
+		case 9:
+			embedded = base64.StdEncoding.EncodeToString([]byte(before + secret + after))
+		}
+		text := before + embedded + after
+		tr := newTranscript(time.Now(), slog.New(slog.DiscardHandler))
+		tr.addSecret(secret)
+		// What must not show: the secret's skeleton, 8 bytes of its start,
+		// and its registered forms.
+		skel := string(skeleton(secret, nil, nil))
+		if len(skel) < minCutPrefix {
+			t.Skip()
+		}
+		var lines []string
+		for _, l := range strings.Split(text, "\r\n") {
+			lines = append(lines, "535-"+l)
+		}
+		for _, l := range lines {
+			tr.server(l)
+		}
+		tr.replyDone(535)
+		outputs := []string{tr.red.redact(text), tr.red.show(text, int(max)), tr.red.quote(text, int(max)), tr.red.clip(text, int(max)), transcriptText(&Result{Transcript: tr.lines})}
+		for _, out := range outputs {
+			if string(skeleton(out, nil, nil)) != out {
+				// Compare what matching sees, so that a skipped character
+				// cannot hide a leak from the check.
+				out = string(skeleton(out, nil, nil))
+			}
+			if strings.Contains(out, skel) {
+				t.Fatalf("secret %q shown in %q (text %q)", secret, out, text)
+			}
+			for _, form := range []string{strconv.Quote(secret), base64.StdEncoding.EncodeToString([]byte(secret))} {
+				if inner := strings.Trim(form, "\"="); len(inner) >= minSecretLen && strings.Contains(out, inner) {
+					t.Fatalf("form %q of secret %q shown in %q", inner, secret, out)
+				}
+			}
 		}
 	})
 }

@@ -234,10 +234,23 @@ func skeleton(s string, pos *[]int, ends *[]int) []byte {
 	return skel
 }
 
+// maxRedactPasses bounds the passes of redact: a pass can only leave a
+// secret behind when the secret holds the marker itself.
+const maxRedactPasses = 4
+
 // redact returns raw with every registered form replaced by Redacted. Line
 // breaks inside a redacted stretch are kept, each line getting its own
-// Redacted, so that a reply keeps its lines.
+// Redacted, so that a reply keeps its lines. The text is redacted again
+// while that changes it, so that the marker cannot complete a secret.
 func (r *redactor) redact(raw string) string {
+	out := r.redactOnce(raw)
+	for i := 1; i < maxRedactPasses && out != raw; i++ {
+		raw, out = out, r.redactOnce(out)
+	}
+	return out
+}
+
+func (r *redactor) redactOnce(raw string) string {
 	if r == nil || raw == "" {
 		return raw
 	}
