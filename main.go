@@ -57,7 +57,9 @@ func run(args []string, signals chan os.Signal) int {
 	)
 	logConfig := &promslog.Config{}
 	promslogflag.AddFlags(app, logConfig)
-	app.Version(version.Print(exporterName))
+	// Not app.Version: kingpin would also write its multi-line text into
+	// the .TH line of --help-man and break the man page's header.
+	printVersion := app.Flag("version", "Show application version.").Bool()
 	app.HelpFlag.Short('h')
 	// The server is the default command, so that the flags alone start it.
 	app.Command("serve", "Serve /probe, /metrics and the pages (the default).").Default()
@@ -66,6 +68,10 @@ func run(args []string, signals chan os.Signal) int {
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", exporterName, err)
 		return 2
+	}
+	if *printVersion {
+		fmt.Fprintln(os.Stdout, version.Print(exporterName))
+		return 0
 	}
 	if command == probe.clause.FullCommand() {
 		return probe.run(*configFile, os.Stdout, os.Stderr)

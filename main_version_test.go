@@ -233,3 +233,24 @@ func grepLines(s, substr string) string {
 	}
 	return b.String()
 }
+
+// --version prints the version block and exits 0 without starting the
+// server; --help-man's header is one line, the version kept out of it.
+func TestVersionAndManPageFlags(t *testing.T) {
+	code, stdout, _ := runCaptured(t, "--version")
+	if code != 0 || !strings.HasPrefix(stdout, "smtp_exporter, version ") || !strings.Contains(stdout, "go version:") {
+		t.Errorf("--version: exit %d\n%s", code, stdout)
+	}
+	bin := filepath.Join(t.TempDir(), "smtp_exporter")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	man, err := exec.Command(bin, "--help-man").Output()
+	if err != nil {
+		t.Fatalf("--help-man: %v", err)
+	}
+	first, rest, _ := strings.Cut(string(man), "\n")
+	if !strings.HasPrefix(first, ".TH smtp_exporter 1") || !strings.HasPrefix(rest, ".SH ") {
+		t.Errorf("--help-man begins with a broken header:\n%s\n%.200s", first, rest)
+	}
+}
