@@ -307,6 +307,13 @@ func (m *Module) InlineSecrets() []string {
 			secrets = append(secrets, string(o.ClientSecret), string(o.TLSConfig.Key))
 		}
 	}
+	if m.SMTP.Mail != nil && m.SMTP.Mail.Delivery != nil {
+		i := &m.SMTP.Mail.Delivery.IMAP
+		secrets = append(secrets, string(i.TLSConfig.Key), string(i.Auth.Password))
+		if o := i.Auth.OAuth2; o != nil {
+			secrets = append(secrets, string(o.ClientSecret), string(o.TLSConfig.Key))
+		}
+	}
 	return secrets
 }
 

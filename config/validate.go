@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"mime"
+	"net"
 	"net/mail"
 	"net/netip"
 	"net/url"
@@ -354,7 +355,54 @@ func (m *Mail) validate(path []string) error {
 			}
 		}
 	}
-	return m.Message.validate(append(path, "message"))
+	if err := m.Message.validate(append(path, "message")); err != nil {
+		return err
+	}
+	if m.Delivery != nil {
+		if !m.Data {
+			return fieldErr(append(path, "delivery"), "needs data: true: only a canary that is sent can be delivered")
+		}
+		return m.Delivery.validate(append(path, "delivery"))
+	}
+	return nil
+}
+
+func (d *Delivery) validate(path []string) error {
+	if d.LateAfter <= 0 {
+		return fieldErr(append(path, "late_after"), "must be greater than 0")
+	}
+	if d.LostAfter <= d.LateAfter {
+		return fieldErr(append(path, "lost_after"), "must be greater than late_after (%s)", d.LateAfter)
+	}
+	return d.IMAP.validate(append(path, "imap"))
+}
+
+func (i *IMAP) validate(path []string) error {
+	host, port, err := net.SplitHostPort(i.Address)
+	if err != nil || host == "" || ContainsControl(i.Address) {
+		return fieldErr(append(path, "address"), "%q is not host:port", i.Address)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fieldErr(append(path, "address"), "%q: invalid port %q", i.Address, port)
+	}
+	switch i.TLS {
+	case TLSImplicit, TLSStartTLS:
+	default:
+		return fieldErr(append(path, "tls"), "must be implicit or starttls (the login must not travel in clear); got %q", i.TLS)
+	}
+	if err := validateTLSConfig(append(path, "tls_config"), &i.TLSConfig); err != nil {
+		return err
+	}
+	if mech := strings.ToUpper(i.Auth.Mechanism); mech != "AUTO" && !slices.Contains(IMAPMechanisms, mech) {
+		return fieldErr(append(path, "mechanism"), "unsupported mechanism %q for IMAP (supported: auto, %s)", i.Auth.Mechanism, strings.Join(IMAPMechanisms, ", "))
+	}
+	if err := i.Auth.validate(path); err != nil {
+		return err
+	}
+	if i.Mailbox == "" || ContainsControl(i.Mailbox) || len(i.Mailbox) > 255 {
+		return fieldErr(append(path, "mailbox"), "must be a mailbox name of at most 255 bytes without control characters")
+	}
+	return nil
 }
 
 func (m *Message) validate(path []string) error {
