@@ -194,6 +194,9 @@ type Result struct {
 	QueueID string
 	// MessageID is the Message-ID header of the canary, for logs only.
 	MessageID string
+	// AcceptedAt is when the 250 to the end of DATA arrived: where a
+	// delivery's latency starts. Zero unless MessageAccepted.
+	AcceptedAt time.Time
 
 	Transcript []TranscriptLine
 }

@@ -310,6 +310,7 @@ func (p *probe) data() bool {
 		return p.failReply(PhaseData, err, messageReason)
 	}
 	p.r.MessageAccepted = true
+	p.r.AcceptedAt = time.Now()
 	p.r.QueueID = queueID(rep)
 	p.logger.Info("Canary message accepted", "message_id", p.r.MessageID, "queue_id", p.r.QueueID)
 	return true
