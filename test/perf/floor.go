@@ -9,9 +9,12 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
 	"net/textproto"
 	"os"
+	"os/signal"
 	"runtime/pprof"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -35,6 +38,11 @@ type floorSpec struct {
 	Duration    time.Duration
 	MaxProbes   int
 	CPUProfile  string
+	// Listen, when set, makes the child the limit instead: an HTTP server
+	// on that address that holds one conversation per /probe request and
+	// answers BodyBytes bytes.
+	Listen    string
+	BodyBytes int
 }
 
 // floorResult is what the child reports on stdout.
@@ -63,6 +71,10 @@ func floorFlags(fs *flag.FlagSet, s *floorSpec) {
 	fs.DurationVar(&s.Duration, "floor.duration", time.Second, "")
 	fs.IntVar(&s.MaxProbes, "floor.max", 1000000, "")
 	fs.StringVar(&s.CPUProfile, "floor.cpuprofile", "", "")
+	fs.IntVar(&s.BodyBytes, "floor.body", 0, "")
+	// Named as the exporters name it, so that startProcess starts the
+	// limit as it starts them.
+	fs.StringVar(&s.Listen, "web.listen-address", "", "")
 }
 
 func (s floorSpec) args() []string {
@@ -78,26 +90,38 @@ func (s floorSpec) args() []string {
 		"-floor.duration=" + s.Duration.String(),
 		fmt.Sprintf("-floor.max=%d", s.MaxProbes),
 		"-floor.cpuprofile=" + s.CPUProfile,
+		fmt.Sprintf("-floor.body=%d", s.BodyBytes),
 	}
+}
+
+// floorSetup is what every conversation of the child shares: the TLS
+// configuration and the AUTH PLAIN argument ("" without AUTH).
+func floorSetup(s floorSpec) (*tls.Config, string, error) {
+	pem, err := os.ReadFile(s.CAFile)
+	if err != nil {
+		return nil, "", err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, "", fmt.Errorf("no certificate in %s", s.CAFile)
+	}
+	host, _, _ := net.SplitHostPort(s.Addr)
+	plain := ""
+	if s.Auth {
+		plain = base64.StdEncoding.EncodeToString([]byte("\x00" + s.User + "\x00" + os.Getenv(floorPasswordEnv)))
+	}
+	return &tls.Config{RootCAs: pool, ServerName: host}, plain, nil
 }
 
 // runFloorChild is main in the child process.
 func runFloorChild(s floorSpec) int {
-	pem, err := os.ReadFile(s.CAFile)
+	cfg, plain, err := floorSetup(s)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		fmt.Fprintln(os.Stderr, "no certificate in", s.CAFile)
-		return 1
-	}
-	host, _, _ := net.SplitHostPort(s.Addr)
-	cfg := &tls.Config{RootCAs: pool, ServerName: host}
-	plain := ""
-	if s.Auth {
-		plain = base64.StdEncoding.EncodeToString([]byte("\x00" + s.User + "\x00" + os.Getenv(floorPasswordEnv)))
+	if s.Listen != "" {
+		return runLimit(s, cfg, plain)
 	}
 
 	var mu sync.Mutex
@@ -245,4 +269,63 @@ func floorConversation(s floorSpec, cfg *tls.Config, plain string) error {
 		return fmt.Errorf("QUIT: %w", err)
 	}
 	return nil
+}
+
+// The limit: the floor's conversation plus the smallest HTTP round trip of
+// an answer the size of smtp_exporter's, on a keep-alive loopback
+// connection, as a scraper gets it. What the exporter costs beyond it is
+// its own doing. It runs until it is stopped; the harness reads its CPU
+// time from /proc, as it does the exporters'.
+
+// limitBody is size bytes of exposition-like text ending in probe_success
+// with the value given.
+func limitBody(size int, success bool) []byte {
+	tail := "probe_success 0\n"
+	if success {
+		tail = "probe_success 1\n"
+	}
+	line := "# limit: the size of smtp_exporter's answer, nothing measured\n"
+	var b []byte
+	for len(b)+len(line)+len(tail) <= size {
+		b = append(b, line...)
+	}
+	b = append(b, strings.Repeat("#", max(size-len(b)-len(tail)-1, 0))...)
+	if len(b) > 0 {
+		b = append(b, '\n')
+	}
+	return append(b, tail...)
+}
+
+// runLimit serves /probe (one conversation each) and /metrics (ready)
+// until SIGTERM.
+func runLimit(s floorSpec, cfg *tls.Config, plain string) int {
+	ok, failed := limitBody(s.BodyBytes, true), limitBody(s.BodyBytes, false)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {})
+	mux.HandleFunc("/probe", func(w http.ResponseWriter, _ *http.Request) {
+		body := ok
+		if err := floorConversation(s, cfg, plain); err != nil {
+			body = failed
+			fmt.Fprintln(os.Stderr, err)
+		}
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		w.Write(body)
+	})
+	ln, err := net.Listen("tcp", s.Listen)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	srv := &http.Server{Handler: mux}
+	go func() {
+		stop := make(chan os.Signal, 1)
+		signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+		<-stop
+		srv.Close()
+	}()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"slices"
 	"strings"
 	"time"
 )
@@ -58,14 +57,24 @@ func (r *report) String() string {
 func (r *report) throughputTable(p func(string, ...any)) {
 	p("### Throughput and cost\n\n")
 	p("Conversation: banner, EHLO, STARTTLS, EHLO, [AUTH PLAIN], QUIT and its 221, certificates verified, closed loop at each concurrency for %s. ", r.o.duration)
-	p("CPU is user + system of the prober's process only (the floor's own child process; the exporter's PID, HTTP serving included); the server's is not counted. ")
-	p("\"× floor\" divides by the floor's CPU per probe at the same server, concurrency and AUTH. Runs marked \"sat\" had more than %.0f%% of all CPUs busy.\n\n", saturated*100)
-	p("| server | prober | conc. | probes/s | p50 | p99 | CPU ms / probe | × floor | peak RSS | CPUs busy |\n")
-	p("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	p("The limit is the floor's conversation held inside a minimal Go HTTP server, one per /probe request, answering as many bytes as smtp_exporter does, to the same client over keep-alive loopback connections. ")
+	p("CPU is user + system of the prober's process only (the floor's own child process; the limit's and the exporters' PID, HTTP serving included); the server's and the load client's are not counted. ")
+	p("\"× floor\" and \"× limit\" divide by their CPU per probe at the same server, concurrency and AUTH. Runs marked \"sat\" had more than %.0f%% of all CPUs busy.\n\n", saturated*100)
+	p("| server | prober | conc. | probes/s | p50 | p99 | CPU ms / probe | × floor | × limit | peak RSS | CPUs busy |\n")
+	p("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, c := range r.cells {
-		ratio := "-"
-		if f := r.floorFor(c); f != nil && f.cpuPer1000() > 0 && c.arm != armFloor && c.arm != armFloorAuth {
-			ratio = fmt.Sprintf("%.2f", c.cpuPer1000()/f.cpuPer1000())
+		ratio := func(ref *cell) string {
+			if ref == nil || ref.cpuPer1000() <= 0 {
+				return "-"
+			}
+			return fmt.Sprintf("%.2f", c.cpuPer1000()/ref.cpuPer1000())
+		}
+		floor, limit := "-", "-"
+		if !isFloor(c.arm) {
+			floor = ratio(r.find(c, armFloor, armFloorAuth))
+			if !isLimit(c.arm) {
+				limit = ratio(r.find(c, armLimit, armLimitAuth))
+			}
 		}
 		busy := fmt.Sprintf("%.0f%%", 100*c.busy)
 		if c.busy > saturated {
@@ -75,12 +84,14 @@ func (r *report) throughputTable(p func(string, ...any)) {
 		if c.failures > 0 {
 			failures = fmt.Sprintf(" (%d failed)", c.failures)
 		}
-		p("| %s | %s | %d | %.0f%s | %s | %s | %.3f | %s | %.1f MiB | %s |\n",
+		p("| %s | %s | %d | %.0f%s | %s | %s | %.3f | %s | %s | %.1f MiB | %s |\n",
 			c.server, c.arm, c.concurrency, c.rate(), failures, fmtDur(c.p50()), fmtDur(c.p99()),
-			c.cpuPer1000(), ratio, float64(c.peakRSSK)/1024, busy)
+			c.cpuPer1000(), floor, limit, float64(c.peakRSSK)/1024, busy)
 	}
-
 }
+
+func isFloor(arm string) bool { return arm == armFloor || arm == armFloorAuth }
+func isLimit(arm string) bool { return arm == armLimit || arm == armLimitAuth }
 
 func (r *report) phaseTables(p func(string, ...any)) {
 	p("\n### Phase timings at concurrency 1\n\n")
@@ -132,22 +143,63 @@ func (r *report) hungTable(p func(string, ...any)) {
 	}
 }
 
-// summary states the ratios the targets are about, over all runs.
+// Targets: smtp_exporter within these multiples of the limit, and
+// blackbox_exporter at least this multiple of smtp_exporter's CPU.
+const (
+	targetOverLimit    = 1.3
+	targetBlackboxOver = 1.5
+	targetHungRSSKiB   = 32
+)
+
+// summary states the ratios the targets are about, run by run, and whether
+// each target is met.
 func (r *report) summary(p func(string, ...any)) {
-	ratios := map[string][]float64{}
-	for _, c := range r.cells {
-		if f := r.floorFor(c); f != nil && f.cpuPer1000() > 0 && c.arm != armFloor && c.arm != armFloorAuth {
-			ratios[c.arm] = append(ratios[c.arm], c.cpuPer1000()/f.cpuPer1000())
+	var lines []string
+	met, missed := 0, 0
+	check := func(ok bool, format string, args ...any) {
+		mark := "met"
+		if ok {
+			met++
+		} else {
+			mark = "NOT met"
+			missed++
 		}
+		lines = append(lines, fmt.Sprintf("- %s: %s", mark, fmt.Sprintf(format, args...)))
 	}
-	if len(ratios) > 0 {
-		p("Summary. CPU per probe as a multiple of the floor's, lowest to highest over servers and concurrencies:")
-		for _, arm := range []string{armExporter, armExporterAuth, armBlackbox} {
-			if rs := ratios[arm]; len(rs) > 0 {
-				p(" %s %.2f to %.2f;", arm, slices.Min(rs), slices.Max(rs))
+	for _, c := range r.cells {
+		if c.arm != armExporter && c.arm != armExporterAuth {
+			continue
+		}
+		if l := r.find(c, armLimit, armLimitAuth); l != nil && l.cpuPer1000() > 0 {
+			cpu := c.cpuPer1000() / l.cpuPer1000()
+			check(cpu <= targetOverLimit, "%s %s c=%d: CPU per probe %.3f ms, %.2f × the limit's %.3f ms (target ≤ %.1f)",
+				c.server, c.arm, c.concurrency, c.cpuPer1000(), cpu, l.cpuPer1000(), targetOverLimit)
+			if c.concurrency == 1 && l.p50() > 0 {
+				lat := float64(c.p50()) / float64(l.p50())
+				check(lat <= targetOverLimit, "%s %s c=1: p50 %s, %.2f × the limit's %s (target ≤ %.1f)",
+					c.server, c.arm, fmtDur(c.p50()), lat, fmtDur(l.p50()), targetOverLimit)
 			}
 		}
-		p("\n")
+		if c.arm != armExporter || c.cpuPer1000() <= 0 {
+			continue
+		}
+		if b := r.find(c, armBlackbox, armBlackbox); b != nil {
+			bb := b.cpuPer1000() / c.cpuPer1000()
+			check(bb >= targetBlackboxOver, "%s c=%d: blackbox_exporter's CPU per probe %.3f ms, %.2f × smtp_exporter's (target ≥ %.1f)",
+				c.server, c.concurrency, b.cpuPer1000(), bb, targetBlackboxOver)
+		}
+	}
+	for _, hr := range r.hung {
+		if strings.HasPrefix(hr.name, "smtp_exporter") {
+			check(hr.perProbeRSSK() <= targetHungRSSKiB, "%d probes held by a silent server: %.1f KiB of RSS per probe (target ≤ %d); goroutines %.0f before, %.0f 3 s after",
+				hr.held, hr.perProbeRSSK(), targetHungRSSKiB, hr.before.goroutines, hr.ended.goroutines)
+		} else {
+			lines = append(lines, fmt.Sprintf("- %d probes held by a silent server: %s takes %.1f KiB of RSS per probe",
+				hr.held, strings.TrimSuffix(hr.name, "-hung"), hr.perProbeRSSK()))
+		}
+	}
+	if len(lines) > 0 {
+		p("Targets: %d met, %d not met.\n\n%s\n", met, missed, strings.Join(lines, "\n"))
 	}
 	for _, row := range r.phases {
 		if f := row.floor.p50(); f > 0 {
@@ -160,22 +212,18 @@ func (r *report) summary(p func(string, ...any)) {
 			p("\n")
 		}
 	}
-	for _, hr := range r.hung {
-		p("%d probes held by a silent server: %s takes %.1f KiB of RSS per probe; goroutines %.0f before, %.0f 3 s after.\n",
-			hr.held, strings.TrimSuffix(hr.name, "-hung"), hr.perProbeRSSK(), hr.before.goroutines, hr.ended.goroutines)
-	}
 	p("\n")
 }
 
-// floorFor is the floor run an arm is compared with.
-func (r *report) floorFor(c cell) *cell {
-	want := armFloor
-	if c.arm == armExporterAuth || c.arm == armFloorAuth {
-		want = armFloorAuth
+// find is the run of arm (armAuth for an AUTH arm) at c's server and
+// concurrency.
+func (r *report) find(c cell, arm, armAuth string) *cell {
+	if c.arm == armExporterAuth || c.arm == armFloorAuth || c.arm == armLimitAuth {
+		arm = armAuth
 	}
 	for i := range r.cells {
 		f := &r.cells[i]
-		if f.server == c.server && f.concurrency == c.concurrency && f.arm == want {
+		if f.server == c.server && f.concurrency == c.concurrency && f.arm == arm {
 			return f
 		}
 	}

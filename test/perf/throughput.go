@@ -13,6 +13,8 @@ import (
 const (
 	armFloor        = "floor"
 	armFloorAuth    = "floor + AUTH"
+	armLimit        = "limit"
+	armLimitAuth    = "limit + AUTH"
 	armExporter     = "smtp_exporter"
 	armExporterAuth = "smtp_exporter + AUTH"
 	armBlackbox     = "blackbox_exporter"
@@ -23,52 +25,104 @@ const (
 // spreads over all of them.
 func (h *harness) throughput(exporter, blackbox *process) error {
 	for _, s := range h.servers {
-		for _, c := range h.o.concurrency {
-			// Unmeasured: Postfix starts an smtpd process per concurrent
-			// session when the concurrency rises, which would be charged
-			// to whichever arm came first.
-			h.floorCell(s, c, false, true, s.starttls, false, min(time.Second, h.o.duration), 1000000, "")
-			for _, arm := range []string{armFloor, armExporter, armBlackbox, armFloorAuth, armExporterAuth} {
-				if h.ctx.Err() != nil {
-					return h.ctx.Err()
-				}
-				var r cell
-				switch arm {
-				case armFloor, armFloorAuth:
-					profile := ""
-					if h.o.pprofDir != "" {
-						profile = filepath.Join(h.o.pprofDir, profileName(s.name, arm, c))
-					}
-					r = h.floorCell(s, c, arm == armFloorAuth, true, s.starttls, false, h.o.duration, 1000000, profile)
-				case armExporter, armExporterAuth:
-					kind := "starttls"
-					if arm == armExporterAuth {
-						kind = "starttls_auth"
-					}
-					var profiled chan error
-					if h.pprofAddr != "" {
-						profiled = profileDuring(h.pprofAddr, h.o.duration, filepath.Join(h.o.pprofDir, profileName(s.name, arm, c)))
-					}
-					r = h.exporterCell(exporter, s.name, kind, s.starttls, c, h.o.duration, 1000000)
-					if profiled != nil {
-						if err := <-profiled; err != nil {
-							h.logf("CPU profile: %v", err)
-						}
-					}
-				case armBlackbox:
-					if blackbox == nil {
-						continue
-					}
-					r = h.exporterCell(blackbox, s.name, "starttls", s.starttls, c, h.o.duration, 1000000)
-				}
-				r.server, r.arm, r.concurrency = s.name, arm, c
-				h.logf("%-8s %-22s c=%-3d %7.1f probes/s  p50 %-9s p99 %-9s cpu/1000 %.3fs  busy %3.0f%%  failures %d",
-					s.name, arm, c, r.rate(), fmtDur(r.p50()), fmtDur(r.p99()), r.cpuPer1000(), 100*r.busy, r.failures)
-				if r.probes == 0 || r.failures > 0 {
-					h.fail("%s %s c=%d: %d of %d probes failed: %s", s.name, arm, c, r.failures, r.probes, r.firstErr)
-				}
-				h.report.cells = append(h.report.cells, r)
+		limit, limitAuth, err := h.startLimits(exporter, s)
+		if err != nil {
+			return err
+		}
+		err = h.throughputOf(s, exporter, blackbox, limit, limitAuth)
+		limit.stop()
+		limitAuth.stop()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startLimits starts the limit of server s without and with AUTH, each
+// answering as many bytes as the exporter's answer for that server.
+func (h *harness) startLimits(exporter *process, s server) (limit, limitAuth *process, err error) {
+	sized := h.exporterCellBodies(exporter, s.name, "starttls", s.starttls, 1, 10*time.Second, 1, true)
+	if len(sized.bodies) != 1 || sized.failures > 0 {
+		return nil, nil, fmt.Errorf("%s: sizing the limit's answer: %s", s.name, sized.firstErr)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, nil, err
+	}
+	start := func(auth bool) (*process, error) {
+		spec := floorSpec{Addr: s.starttls, CAFile: s.caFile, Auth: auth, User: s.user, QuickACK: true, BodyBytes: len(sized.bodies[0])}
+		name := "limit-" + s.name
+		if auth {
+			name += "-auth"
+		}
+		p, err := startProcess(name, self, h.dir, []string{floorPasswordEnv + "=" + s.password}, spec.args()...)
+		if err == nil {
+			h.processes = append(h.processes, p)
+		}
+		return p, err
+	}
+	if limit, err = start(false); err != nil {
+		return nil, nil, err
+	}
+	if limitAuth, err = start(true); err != nil {
+		limit.stop()
+		return nil, nil, err
+	}
+	h.logf("%s: the limit answers %d bytes, as smtp_exporter does", s.name, len(sized.bodies[0]))
+	return limit, limitAuth, nil
+}
+
+func (h *harness) throughputOf(s server, exporter, blackbox, limit, limitAuth *process) error {
+	for _, c := range h.o.concurrency {
+		// Unmeasured: Postfix starts an smtpd process per concurrent
+		// session when the concurrency rises, which would be charged
+		// to whichever arm came first.
+		h.floorCell(s, c, false, true, s.starttls, false, min(time.Second, h.o.duration), 1000000, "")
+		for _, arm := range []string{armFloor, armLimit, armExporter, armBlackbox, armFloorAuth, armLimitAuth, armExporterAuth} {
+			if h.ctx.Err() != nil {
+				return h.ctx.Err()
 			}
+			var r cell
+			switch arm {
+			case armFloor, armFloorAuth:
+				profile := ""
+				if h.o.pprofDir != "" {
+					profile = filepath.Join(h.o.pprofDir, profileName(s.name, arm, c))
+				}
+				r = h.floorCell(s, c, arm == armFloorAuth, true, s.starttls, false, h.o.duration, 1000000, profile)
+			case armLimit:
+				r = h.exporterCell(limit, s.name, "starttls", s.starttls, c, h.o.duration, 1000000)
+			case armLimitAuth:
+				r = h.exporterCell(limitAuth, s.name, "starttls", s.starttls, c, h.o.duration, 1000000)
+			case armExporter, armExporterAuth:
+				kind := "starttls"
+				if arm == armExporterAuth {
+					kind = "starttls_auth"
+				}
+				var profiled chan error
+				if h.pprofAddr != "" {
+					profiled = profileDuring(h.pprofAddr, h.o.duration, filepath.Join(h.o.pprofDir, profileName(s.name, arm, c)))
+				}
+				r = h.exporterCell(exporter, s.name, kind, s.starttls, c, h.o.duration, 1000000)
+				if profiled != nil {
+					if err := <-profiled; err != nil {
+						h.logf("CPU profile: %v", err)
+					}
+				}
+			case armBlackbox:
+				if blackbox == nil {
+					continue
+				}
+				r = h.exporterCell(blackbox, s.name, "starttls", s.starttls, c, h.o.duration, 1000000)
+			}
+			r.server, r.arm, r.concurrency = s.name, arm, c
+			h.logf("%-8s %-22s c=%-3d %7.1f probes/s  p50 %-9s p99 %-9s cpu/1000 %.3fs  busy %3.0f%%  failures %d",
+				s.name, arm, c, r.rate(), fmtDur(r.p50()), fmtDur(r.p99()), r.cpuPer1000(), 100*r.busy, r.failures)
+			if r.probes == 0 || r.failures > 0 {
+				h.fail("%s %s c=%d: %d of %d probes failed: %s", s.name, arm, c, r.failures, r.probes, r.firstErr)
+			}
+			h.report.cells = append(h.report.cells, r)
 		}
 	}
 	return nil
