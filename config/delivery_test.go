@@ -46,17 +46,3 @@ modules:
 		t.Error("InlineSecrets lacks the IMAP password")
 	}
 }
-
-func TestDeliveryKeySharedByAccountAndMailbox(t *testing.T) {
-	a := IMAP{Address: "imap.example.net:993", TLS: TLSImplicit, Mailbox: "INBOX", Auth: Auth{Username: "c", Password: "x"}}
-	b := a
-	b.Auth.Password = "y" // another secret, the same account
-	c := a
-	c.Mailbox = "Canary"
-	ka, _ := a.Key()
-	kb, _ := b.Key()
-	kc, _ := c.Key()
-	if ka != kb || ka == kc {
-		t.Errorf("keys: %q %q %q", ka, kb, kc)
-	}
-}

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"fmt"
 	"time"
 
 	promconfig "github.com/prometheus/common/config"
@@ -115,16 +114,6 @@ func (i *IMAP) UnmarshalYAML(unmarshal func(any) error) error {
 	*i = DefaultIMAP
 	type plain IMAP
 	return unmarshal((*plain)(i))
-}
-
-// Key names the mailbox watched: modules with the same key share one
-// watcher. It holds no secret, only the account's digest.
-func (i *IMAP) Key() (string, error) {
-	acc, err := i.Auth.Account()
-	if err != nil {
-		return "", err
-	}
-	return fmt.Sprintf("%s|%s|%x|%s", i.Address, i.TLS, acc.ID, i.Mailbox), nil
 }
 
 // UnmarshalYAML applies the defaults.
