@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Starts the smtp_exporter real-server lab: a private Postfix (submission
-# server) with a private Dovecot as its SASL authentication service, bound to
-# 127.0.0.1 only, with a throwaway CA and certificates. Needs root (Postfix's
-# master runs as root) and the packages of install.sh.
+# server) and a private Dovecot, bound to 127.0.0.1 only, with a throwaway CA
+# and certificates. Dovecot is Postfix's SASL authentication service, takes
+# the lab domain's mail from Postfix over LMTP (a global Sieve script files
+# messages carrying LAB_JUNK_HEADER into Junk) and serves the mailboxes over
+# IMAP. Needs root (the master processes run as root) and the packages of
+# install.sh.
 #
 #   bash test/lab/start.sh [DIR]      DIR defaults to $LAB_DIR or /tmp/smtp-exporter-lab
 #   bash test/lab/stop.sh  [DIR]
+#   bash test/lab/restart-dovecot.sh [DIR]   restarts Dovecot alone (same ports and users)
 #
 # DIR is recreated from scratch (only if it is empty or an earlier lab; the
 # lab running there is stopped first). Ports can be moved with the
@@ -23,34 +27,52 @@
 #   LAB_PORT_SUBMISSION  submission: STARTTLS required, AUTH only after it                default 12587
 #   LAB_PORT_IMPLICIT    implicit TLS (smtps), valid certificate                          default 12465
 #   LAB_PORT_EXPIRED     implicit TLS with a certificate that expired on 2020-02-01       default 12466
+#   LAB_PORT_IMAP        IMAP offering STARTTLS (Dovecot; from 127.0.0.1 it also takes
+#                        LOGIN in clear: a client must insist on STARTTLS)               default 12143
+#   LAB_PORT_IMAPS       IMAP over implicit TLS, valid certificate (Dovecot)              default 12993
 #   LAB_CA               PEM of the lab CA that signed both server certificates
-#   LAB_CERT             PEM of the valid server certificate (SANs localhost, 127.0.0.1, ::1)
+#   LAB_CERT             PEM of the valid server certificate (SANs localhost, 127.0.0.1, ::1),
+#                        served by Postfix and by Dovecot's IMAP
 #   LAB_EXPIRED_CERT     PEM of the expired server certificate (same SANs and CA)
 #   LAB_DOMAIN           the mail domain served: example.net
-#   LAB_USER             SASL user: probe@example.net (also a mailbox)
+#   LAB_USER             SASL and IMAP user: probe@example.net (also a mailbox)
 #   LAB_PASSWORD         its password, random per start unless LAB_PASSWORD is set
 #   LAB_PASSWORD_FILE    file holding the password and a trailing newline
-#   LAB_CANARY           canary mailbox: canary@example.net
-#   LAB_MAILDIR          the canary's Maildir (delivered mail appears in its new/)
-#   LAB_PROBE_MAILDIR    probe@example.net's Maildir
+#   LAB_CANARY           canary mailbox and IMAP user: canary@example.net
+#   LAB_CANARY_PASSWORD  its password, random per start unless LAB_CANARY_PASSWORD is set
+#   LAB_CANARY_PASSWORD_FILE  file holding the canary's password and a trailing newline
+#   LAB_MAILDIR          the canary's Maildir, its INBOX (Maildir++: delivered mail
+#                        appears in new/ and moves to cur/ once an IMAP client has seen it)
+#   LAB_MAILDIR_JUNK     the canary's Junk folder (SPECIAL-USE \Junk): LAB_MAILDIR/.Junk
+#   LAB_PROBE_MAILDIR    probe@example.net's Maildir (its INBOX; it has a .Junk too)
+#   LAB_JUNK_HEADER      header line that makes the Sieve script file a message into
+#                        Junk: X-Lab-Junk: yes
+#   LAB_DISCARD          recipient Postfix accepts (250) and silently discards:
+#                        lost@example.net
 #   LAB_SIZE_LIMIT       message_size_limit, announced as SIZE               default 10240000
 #   LAB_POSTFIX_LOG      Postfix log file
 #   LAB_DOVECOT_LOG      Dovecot log file
 #   LAB_POSTFIX_PID      PID of Postfix's master process
-#   LAB_DOVECOT_PID      PID of Dovecot's master process
+#   LAB_DOVECOT_PID      PID of Dovecot's master process (changed by restart-dovecot.sh)
 #   LAB_PIDS             both PIDs, space separated
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+source "$here/lib.sh"
 lab=${1:-${LAB_DIR:-/tmp/smtp-exporter-lab}}
 port_plain=${LAB_PORT_PLAIN:-12525}
 port_submission=${LAB_PORT_SUBMISSION:-12587}
 port_implicit=${LAB_PORT_IMPLICIT:-12465}
 port_expired=${LAB_PORT_EXPIRED:-12466}
+port_imap=${LAB_PORT_IMAP:-12143}
+port_imaps=${LAB_PORT_IMAPS:-12993}
 size_limit=${LAB_SIZE_LIMIT:-10240000}
 hostname=mx.example.net
 user=probe@example.net
 canary=canary@example.net
+discard=lost@example.net
+junk_header='X-Lab-Junk: yes'
 marker=.smtp-exporter-lab
 ready_timeout=20
 
@@ -65,12 +87,15 @@ fail() {
 [[ $lab =~ ^/[A-Za-z0-9._/-]+$ ]] || fail "lab directory $lab: use only letters, digits and ._-/"
 [[ $lab != / && ${lab%/} != /tmp ]] || fail "refusing lab directory $lab"
 lab=${lab%/}
-for p in "$port_plain" "$port_submission" "$port_implicit" "$port_expired" "$size_limit"; do
+for p in "$port_plain" "$port_submission" "$port_implicit" "$port_expired" "$port_imap" "$port_imaps" "$size_limit"; do
 	[[ $p =~ ^[0-9]+$ ]] || fail "not a number: $p"
 done
 [[ $(id -u) -eq 0 ]] || fail "must run as root (Postfix's master process needs it)"
-for b in postfix postconf dovecot openssl swaks; do
+for b in postfix postconf dovecot openssl swaks sievec; do
 	command -v "$b" >/dev/null || fail "$b not found: run bash $here/install.sh first"
+done
+for b in imap lmtp; do
+	[[ -x /usr/lib/dovecot/$b ]] || fail "Dovecot's $b service not found: run bash $here/install.sh first"
 done
 
 # Replace an earlier lab, never a directory of someone else's.
@@ -91,15 +116,15 @@ started_at=$(date +%s%N)
 port_answers() {
 	(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
-for p in "$port_plain" "$port_submission" "$port_implicit" "$port_expired"; do
+for p in "$port_plain" "$port_submission" "$port_implicit" "$port_expired" "$port_imap" "$port_imaps"; do
 	if port_answers "$p"; then
 		fail "127.0.0.1:$p is already in use; stop the other lab or set LAB_PORT_* (see the top of $0)"
 	fi
 done
 
-# Deliveries are written as the developer who ran sudo, so that tests run as
-# that user can read the Maildirs; as nobody otherwise (never as root, which
-# virtual(8) refuses).
+# Deliveries (Dovecot's LMTP and IMAP processes) work as the developer who
+# ran sudo, so that tests run as that user can read the Maildirs; as nobody
+# otherwise (never as root).
 if [[ ${SUDO_UID:-0} -ne 0 ]]; then
 	mail_uid=$SUDO_UID
 	mail_gid=${SUDO_GID:-$SUDO_UID}
@@ -112,7 +137,7 @@ umask 022
 mkdir -p "$lab"
 touch "$lab/$marker"
 # The queue directory must exist (owned by root); Postfix fills it.
-mkdir -p "$lab"/{postfix,queue,log,tls/ca/issued,dovecot/run,dovecot/state}
+mkdir -p "$lab"/{postfix,queue,log,tls/ca/issued,dovecot/run,dovecot/state,dovecot/sieve}
 chmod 0700 "$lab/tls/ca"
 
 render() {
@@ -122,6 +147,8 @@ render() {
 		-e "s|@PORT_SUBMISSION@|$port_submission|g" \
 		-e "s|@PORT_IMPLICIT@|$port_implicit|g" \
 		-e "s|@PORT_EXPIRED@|$port_expired|g" \
+		-e "s|@PORT_IMAP@|$port_imap|g" \
+		-e "s|@PORT_IMAPS@|$port_imaps|g" \
 		-e "s|@SIZE_LIMIT@|$size_limit|g" \
 		-e "s|@MAIL_UID@|$mail_uid|g" \
 		-e "s|@MAIL_GID@|$mail_gid|g" \
@@ -162,10 +189,13 @@ issue expired "/O=smtp_exporter lab expired/CN=localhost" \
 # --- accounts and mailboxes ------------------------------------------------
 password=${LAB_PASSWORD:-$(openssl rand -hex 12)}
 [[ $password =~ ^[A-Za-z0-9._@%+=-]+$ ]] || fail "LAB_PASSWORD: use only letters, digits and ._@%+=-"
+canary_password=${LAB_CANARY_PASSWORD:-$(openssl rand -hex 12)}
+[[ $canary_password =~ ^[A-Za-z0-9._@%+=-]+$ ]] || fail "LAB_CANARY_PASSWORD: use only letters, digits and ._@%+=-"
 (
 	umask 077
 	printf '%s\n' "$password" >"$lab/password"
-	printf '%s:{PLAIN}%s::::::\n' "$user" "$password" >"$lab/dovecot/users"
+	printf '%s\n' "$canary_password" >"$lab/canary-password"
+	printf '%s:{PLAIN}%s::::::\n' "$user" "$password" "$canary" "$canary_password" >"$lab/dovecot/users"
 )
 chown root:dovecot "$lab/dovecot/users"
 chmod 0640 "$lab/dovecot/users"
@@ -173,13 +203,26 @@ chmod 0640 "$lab/dovecot/users"
 render dovecot.conf "$lab/dovecot/dovecot.conf"
 render main.cf "$lab/postfix/main.cf"
 render master.cf "$lab/postfix/master.cf"
-printf '%s example.net/%s/\n' "$canary" "${canary%@*}" "$user" "${user%@*}" >"$lab/postfix/vmailbox"
+# The recipients that exist (virtual(8)'s paths in the values are unused:
+# Dovecot's mail_location decides), and the one whose mail is thrown away.
+printf '%s example.net/%s/\n' "$canary" "${canary%@*}" "$user" "${user%@*}" "$discard" "${discard%@*}" \
+	>"$lab/postfix/vmailbox"
+printf '%s discard:the smtp_exporter lab loses mail for %s\n' "$discard" "$discard" >"$lab/postfix/transport"
 
-# Maildirs exist from the start so tests can watch new/ before any delivery.
+# The global Sieve script, compiled now: Dovecot's LMTP runs as the mail user
+# and could not write the binary beside it.
+cp "$here/conf/junk.sieve" "$lab/dovecot/sieve/junk.sieve"
+sievec "$lab/dovecot/sieve/junk.sieve" >"$lab/log/sievec.out" 2>&1 ||
+	fail "compiling the Sieve script: $(cat "$lab/log/sievec.out")"
+
+# Maildirs (INBOX and Junk, Maildir++) exist from the start so tests can
+# watch new/ before any delivery; Dovecot's homes hold its per-user state.
 for box in "${canary%@*}" "${user%@*}"; do
-	mkdir -p "$lab/mail/example.net/$box"/{cur,new,tmp}
+	mkdir -p "$lab/mail/example.net/$box"/{cur,new,tmp} "$lab/mail/example.net/$box/.Junk"/{cur,new,tmp}
+	touch "$lab/mail/example.net/$box/.Junk/maildirfolder"
+	mkdir -p "$lab/home/example.net/$box"
 done
-chown -R "$mail_uid:$mail_gid" "$lab/mail"
+chown -R "$mail_uid:$mail_gid" "$lab/mail" "$lab/home"
 
 # --- Dovecot ---------------------------------------------------------------
 show_logs() {
@@ -199,31 +242,10 @@ die_with_logs() {
 
 doveconf -c "$lab/dovecot/dovecot.conf" -n >"$lab/log/doveconf.out" 2>&1 ||
 	die_with_logs "Dovecot configuration invalid: $(cat "$lab/log/doveconf.out")"
-dovecot -c "$lab/dovecot/dovecot.conf" >>"$lab/log/dovecot.log" 2>&1 ||
-	die_with_logs "Dovecot did not start"
-
-wait_for() { # seconds test-command...
-	local deadline=$((SECONDS + $1))
-	shift
-	until "$@"; do
-		((SECONDS < deadline)) || return 1
-		sleep 0.05
-	done
-}
-wait_for 10 test -S "$lab/dovecot/auth-postfix" ||
-	die_with_logs "Dovecot's auth socket $lab/dovecot/auth-postfix did not appear"
-
-# Dovecot delays every authentication from an address that recently failed
-# (2, 4, 8, then 15 s, through anvil), and Postfix gives up on its auth
-# server after 10 s with "454 4.7.0 Temporary authentication failure".
-# Tests that send wrong passwords from 127.0.0.1 on purpose would slow down
-# and then fail at random. Dovecot 2.3 has no setting for it; the auth
-# process turns the penalty off when it finds no anvil-auth-penalty socket at
-# start, and it starts only at the first authentication, after this point.
-# LAB_AUTH_PENALTY=yes keeps the production behaviour.
-if [[ ${LAB_AUTH_PENALTY:-no} != yes ]]; then
-	rm -f "$lab/dovecot/run/anvil-auth-penalty"
-fi
+# Waits for the auth and LMTP sockets and both IMAP ports; switches off the
+# per-address penalty for failed logins (see lib.sh).
+lab_start_dovecot "$lab" "$port_imap" "$port_imaps" 2>"$lab/log/dovecot-start.out" ||
+	die_with_logs "$(cat "$lab/log/dovecot-start.out")"
 
 # --- Postfix ---------------------------------------------------------------
 # The first start fills the queue directory and creates data/ with their
@@ -278,6 +300,8 @@ env_file=$lab/env
 	printf "LAB_PORT_SUBMISSION='%s'\n" "$port_submission"
 	printf "LAB_PORT_IMPLICIT='%s'\n" "$port_implicit"
 	printf "LAB_PORT_EXPIRED='%s'\n" "$port_expired"
+	printf "LAB_PORT_IMAP='%s'\n" "$port_imap"
+	printf "LAB_PORT_IMAPS='%s'\n" "$port_imaps"
 	printf "LAB_CA='%s'\n" "$tls/ca.pem"
 	printf "LAB_CERT='%s'\n" "$tls/server.pem"
 	printf "LAB_EXPIRED_CERT='%s'\n" "$tls/expired.pem"
@@ -286,8 +310,13 @@ env_file=$lab/env
 	printf "LAB_PASSWORD='%s'\n" "$password"
 	printf "LAB_PASSWORD_FILE='%s'\n" "$lab/password"
 	printf "LAB_CANARY='%s'\n" "$canary"
+	printf "LAB_CANARY_PASSWORD='%s'\n" "$canary_password"
+	printf "LAB_CANARY_PASSWORD_FILE='%s'\n" "$lab/canary-password"
 	printf "LAB_MAILDIR='%s'\n" "$lab/mail/example.net/${canary%@*}"
+	printf "LAB_MAILDIR_JUNK='%s'\n" "$lab/mail/example.net/${canary%@*}/.Junk"
 	printf "LAB_PROBE_MAILDIR='%s'\n" "$lab/mail/example.net/${user%@*}"
+	printf "LAB_JUNK_HEADER='%s'\n" "$junk_header"
+	printf "LAB_DISCARD='%s'\n" "$discard"
 	printf "LAB_SIZE_LIMIT='%s'\n" "$size_limit"
 	printf "LAB_POSTFIX_LOG='%s'\n" "$lab/log/postfix.log"
 	printf "LAB_DOVECOT_LOG='%s'\n" "$lab/log/dovecot.log"
@@ -296,13 +325,13 @@ env_file=$lab/env
 	printf "LAB_PIDS='%s'\n" "$postfix_pid $dovecot_pid"
 } >"$env_file.tmp"
 chmod 0600 "$env_file.tmp"
-# The env file and the password file carry the password: readable by the
+# The env file and the password files carry the passwords: readable by the
 # developer who ran sudo, nobody else.
 if [[ ${SUDO_UID:-0} -ne 0 ]]; then
-	chown "$SUDO_UID" "$env_file.tmp" "$lab/password"
+	chown "$SUDO_UID" "$env_file.tmp" "$lab/password" "$lab/canary-password"
 fi
 mv "$env_file.tmp" "$env_file"
 
 elapsed_ms=$((($(date +%s%N) - started_at) / 1000000))
-echo "lab start: ready in ${elapsed_ms} ms: plain $port_plain, submission $port_submission, implicit $port_implicit, expired $port_expired"
+echo "lab start: ready in ${elapsed_ms} ms: plain $port_plain, submission $port_submission, implicit $port_implicit, expired $port_expired, imap $port_imap, imaps $port_imaps"
 echo "lab start: env file $env_file (export SMTP_EXPORTER_LAB=$env_file)"
