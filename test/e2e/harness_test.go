@@ -59,6 +59,7 @@ func requireTools(t *testing.T) tools {
 	find("dovecot", "dovecot-core")
 	find("openssl", "openssl")
 	find("swaks", "swaks")
+	find("sievec", "dovecot-sieve")
 
 	var problems []string
 	if len(missing) > 0 {
@@ -381,6 +382,8 @@ func (h *harness) startLab() *lab {
 		"LAB_PORT_SUBMISSION": h.freePort(),
 		"LAB_PORT_IMPLICIT":   h.freePort(),
 		"LAB_PORT_EXPIRED":    h.freePort(),
+		"LAB_PORT_IMAP":       h.freePort(),
+		"LAB_PORT_IMAPS":      h.freePort(),
 	}
 	// A developer's exported lab settings (a fixed password, the
 	// production auth penalty) must not change this lab.
