@@ -257,8 +257,8 @@ type delivered struct {
 // probeIDHeader is where the exporter puts the probe id in the canary.
 const probeIDHeader = "X-SMTP-Exporter-Probe-ID"
 
-// messagesWithProbeID returns the messages in the Maildir's new/ whose
-// probe id header is probeID, skipping the names in seen (and adding the
+// messagesWithProbeID returns the messages in the Maildir (new/ and cur/)
+// whose probe id header is probeID, skipping the names in seen (and adding the
 // names of messages that do not match, so a poll reads each file once).
 func messagesWithProbeID(t *testing.T, maildir, probeID string, seen map[string]bool) []delivered {
 	t.Helper()
@@ -267,10 +267,11 @@ func messagesWithProbeID(t *testing.T, maildir, probeID string, seen map[string]
 		if seen[name] {
 			continue
 		}
-		path := filepath.Join(maildir, "new", name)
+		path := filepath.Join(maildir, name)
 		raw, err := os.ReadFile(path)
 		if err != nil {
-			// Another test run may have cleaned its message up.
+			// Another test run may have cleaned its message up, or
+			// Dovecot moved it from new/ to cur/ (read again next poll).
 			if os.IsNotExist(err) {
 				continue
 			}
@@ -284,6 +285,21 @@ func messagesWithProbeID(t *testing.T, maildir, probeID string, seen map[string]
 		found = append(found, delivered{Path: path, Raw: raw, Msg: msg})
 	}
 	return found
+}
+
+// removeMaildirMessage removes the message found at path, under its cur/
+// name if an IMAP session has moved it there since ("cur/UNIQUE:2,FLAGS").
+func removeMaildirMessage(path string) error {
+	err := os.Remove(path)
+	if !os.IsNotExist(err) {
+		return err
+	}
+	unique, _, _ := strings.Cut(filepath.Base(path), ":")
+	moved, _ := filepath.Glob(filepath.Join(filepath.Dir(filepath.Dir(path)), "cur", unique+":*"))
+	if len(moved) == 0 {
+		return err
+	}
+	return os.Remove(moved[0])
 }
 
 // waitForProbeMessage waits until the canary of probeID is in the Maildir
@@ -301,7 +317,7 @@ func waitForProbeMessage(t *testing.T, maildir, probeID string) delivered {
 					return // kept for a look
 				}
 				for _, d := range found {
-					if err := os.Remove(d.Path); err != nil {
+					if err := removeMaildirMessage(d.Path); err != nil {
 						t.Logf("removing delivered canary: %v", err)
 					}
 				}
@@ -309,7 +325,7 @@ func waitForProbeMessage(t *testing.T, maildir, probeID string) delivered {
 			return found[0]
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no message with %s: %s in %s/new after %s", probeIDHeader, probeID, maildir, timeout)
+			t.Fatalf("no message with %s: %s in %s (new/, cur/) after %s", probeIDHeader, probeID, maildir, timeout)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

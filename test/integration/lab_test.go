@@ -594,16 +594,21 @@ func labelsEqual(got []*dto.LabelPair, want map[string]string) bool {
 	return true
 }
 
-// maildirFiles returns the names of the messages in a Maildir's new/.
+// maildirFiles returns the messages in a Maildir's new/ and cur/, as paths
+// relative to the Maildir ("new/NAME", "cur/NAME:2,"). Dovecot delivers into
+// new/ and moves a message to cur/ once an IMAP session has seen it, so a
+// message may be found under either name.
 func maildirFiles(t *testing.T, maildir string) map[string]bool {
 	t.Helper()
-	entries, err := os.ReadDir(filepath.Join(maildir, "new"))
-	if err != nil {
-		t.Fatalf("reading Maildir: %v", err)
-	}
 	names := map[string]bool{}
-	for _, e := range entries {
-		names[e.Name()] = true
+	for _, sub := range []string{"new", "cur"} {
+		entries, err := os.ReadDir(filepath.Join(maildir, sub))
+		if err != nil {
+			t.Fatalf("reading Maildir: %v", err)
+		}
+		for _, e := range entries {
+			names[sub+"/"+e.Name()] = true
+		}
 	}
 	return names
 }
