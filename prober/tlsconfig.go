@@ -5,7 +5,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io/fs"
+	"os"
 	"sync"
+	"time"
 
 	promconfig "github.com/prometheus/common/config"
 
@@ -19,22 +22,68 @@ const maxCachedTLSConfigs = 256
 
 // tlsConfigCache keeps the *tls.Config built from each tls_config, so that
 // a probe does not parse the CA certificates again: that was a tenth of the
-// prober's own work. Its files (ca_file, cert_file, key_file) are still read
-// at every probe, by config.ReadFile (regular files of at most
-// config.MaxTLSFileBytes), and the configuration is rebuilt when their
-// content changed, so a rotated CA or client certificate takes effect at
-// the next probe. promconfig never sees a file name: it gets the content,
-// so that it reads no file itself, neither now nor at each handshake.
+// prober's own work. Every probe still looks at its files (ca_file,
+// cert_file, key_file), with one stat each: when one is another file than
+// before (a new inode, as a rename or a symlink swap gives) or has another
+// size or modification time, they are all read again, by config.ReadFile
+// (regular files of at most config.MaxTLSFileBytes), and the configuration
+// is rebuilt if their content changed, so a rotated CA or client
+// certificate takes effect at the next probe. promconfig never sees a file
+// name: it gets the content, so that it reads no file itself, neither now
+// nor at each handshake.
 type tlsConfigCache struct {
 	mu      sync.Mutex
 	entries map[promconfig.TLSConfig]cachedTLSConfig
 }
 
-// cachedTLSConfig is a configuration and the content of the files it was
-// built from.
+// cachedTLSConfig is a configuration, the content of the files it was
+// built from and what a stat said of them before they were last read.
 type cachedTLSConfig struct {
-	files tlsFiles
-	cfg   *tls.Config
+	files  tlsFiles
+	stamps tlsStamps
+	cfg    *tls.Config
+}
+
+// tlsStamps is a stat of each file of a tls_config, nil for those it does
+// not name; all nil when a stat failed (the read that follows says why) or
+// a file was modified too recently to tell a later change by its stat.
+type tlsStamps [3]fs.FileInfo
+
+// racyStamp is how recently modified a file must be for its stat not to be
+// trusted: a file system with coarse timestamps could show a second write
+// of the same size within that time under the same modification time.
+const racyStamp = 2 * time.Second
+
+// statTLSFiles stats the files of tc, in the order of readTLSFiles.
+func statTLSFiles(tc *promconfig.TLSConfig) tlsStamps {
+	var st tlsStamps
+	for i, path := range [3]string{tc.CAFile, tc.CertFile, tc.KeyFile} {
+		if path == "" {
+			continue
+		}
+		fi, err := os.Stat(path)
+		if err != nil || time.Since(fi.ModTime()) < racyStamp {
+			return tlsStamps{}
+		}
+		st[i] = fi
+	}
+	return st
+}
+
+// unchanged reports whether s and t say the same of every file: the same
+// file, of the same size and modification time. A failed stat is never
+// unchanged.
+func (s tlsStamps) unchanged(t tlsStamps, tc *promconfig.TLSConfig) bool {
+	for i, path := range [3]string{tc.CAFile, tc.CertFile, tc.KeyFile} {
+		if path == "" {
+			continue
+		}
+		a, b := s[i], t[i]
+		if a == nil || b == nil || !os.SameFile(a, b) || a.Size() != b.Size() || !a.ModTime().Equal(b.ModTime()) {
+			return false
+		}
+	}
+	return true
 }
 
 // tlsFiles is the content of the files of a tls_config, "" for those it
@@ -55,14 +104,23 @@ func (c *tlsConfigCache) get(tc *promconfig.TLSConfig) (*tls.Config, error) {
 	if err := tc.Validate(); err != nil {
 		return nil, err
 	}
+	// Stamped before the read, so that a change after it shows at the
+	// next probe.
+	stamps := statTLSFiles(tc)
+	c.mu.Lock()
+	e, ok := c.entries[*tc]
+	c.mu.Unlock()
+	if ok && e.stamps.unchanged(stamps, tc) {
+		return e.cfg.Clone(), nil
+	}
 	files, err := readTLSFiles(tc)
 	if err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	e, ok := c.entries[*tc]
-	c.mu.Unlock()
 	if ok && e.files.equal(files) {
+		c.mu.Lock()
+		c.entries[*tc] = cachedTLSConfig{files: files, stamps: stamps, cfg: e.cfg}
+		c.mu.Unlock()
 		return e.cfg.Clone(), nil
 	}
 	// Built from the bytes just compared, so that the entry matches them
@@ -85,7 +143,7 @@ func (c *tlsConfigCache) get(tc *promconfig.TLSConfig) (*tls.Config, error) {
 	if len(c.entries) >= maxCachedTLSConfigs {
 		clear(c.entries)
 	}
-	c.entries[*tc] = cachedTLSConfig{files: files, cfg: cfg}
+	c.entries[*tc] = cachedTLSConfig{files: files, stamps: stamps, cfg: cfg}
 	c.mu.Unlock()
 	return cfg.Clone(), nil
 }

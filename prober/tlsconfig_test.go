@@ -63,6 +63,48 @@ func TestTLSConfigCachedUntilTheCAFileChanges(t *testing.T) {
 	requireFailure(t, r, PhaseStartTLS, ReasonCertificate)
 }
 
+// A CA file modified long ago is stated, not read, at each probe; another
+// file renamed over it, as a rotation does, is seen at the next probe even
+// with the old modification time.
+func TestTLSConfigSeesACAFileRenamedOverTheOld(t *testing.T) {
+	certs := smtptest.Certs()
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.pem")
+	old := time.Now().Add(-time.Hour)
+	write := func(path string, pem []byte) {
+		t.Helper()
+		if err := os.WriteFile(path, pem, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(path, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(caFile, certs.CAPEM)
+	tc := &promconfig.TLSConfig{CAFile: caFile}
+	cache := &tlsConfigCache{entries: map[promconfig.TLSConfig]cachedTLSConfig{}}
+	pool := func() *x509.CertPool {
+		t.Helper()
+		cfg, err := cache.get(tc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg.RootCAs
+	}
+	first := pool()
+	if pool() != first {
+		t.Fatal("the CA pool was built again for an unchanged CA file")
+	}
+	next := filepath.Join(dir, "ca.pem.new")
+	write(next, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: certs.Untrusted.Certificate[1]}))
+	if err := os.Rename(next, caFile); err != nil {
+		t.Fatal(err)
+	}
+	if pool() == first {
+		t.Fatal("a CA file renamed over the old one was not read again")
+	}
+}
+
 // The files of a tls_config are read by config.ReadFile, and promconfig
 // only sees their content: errors name the file as the configuration does.
 func TestTLSConfigErrorsNameTheFile(t *testing.T) {
