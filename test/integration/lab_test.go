@@ -61,6 +61,16 @@ type Lab struct {
 	SizeLimit      int64  // Postfix message_size_limit, announced as SIZE
 	PostfixLog     string
 	DovecotLog     string
+
+	// The IMAP side (Dovecot). A lab started before it existed has none of
+	// these; requireIMAP says so.
+	PortIMAP           int    // IMAP offering STARTTLS
+	PortIMAPS          int    // IMAP over implicit TLS
+	CanaryPassword     string // the canary's IMAP (and SASL) password
+	CanaryPasswordFile string
+	MaildirJunk        string // the canary's Junk folder (Maildir++ .Junk)
+	JunkHeader         string // header line the lab's Sieve script files into Junk
+	Discard            string // recipient Postfix accepts and discards
 }
 
 // Target returns the host:port a probe of the given lab port should name.
@@ -237,6 +247,22 @@ func labFromVars(vars map[string]string) (*Lab, error) {
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("missing %s", strings.Join(missing, ", "))
 	}
+	// Optional: only the IMAP tests need them.
+	opt := func(key string) string { return vars[key] }
+	optNum := func(key string) int {
+		n, err := strconv.Atoi(vars[key])
+		if err != nil && vars[key] != "" {
+			bad = append(bad, key)
+		}
+		return n
+	}
+	l.PortIMAP = optNum("LAB_PORT_IMAP")
+	l.PortIMAPS = optNum("LAB_PORT_IMAPS")
+	l.CanaryPassword = opt("LAB_CANARY_PASSWORD")
+	l.CanaryPasswordFile = opt("LAB_CANARY_PASSWORD_FILE")
+	l.MaildirJunk = opt("LAB_MAILDIR_JUNK")
+	l.JunkHeader = opt("LAB_JUNK_HEADER")
+	l.Discard = opt("LAB_DISCARD")
 	if len(bad) > 0 {
 		return nil, fmt.Errorf("not a number: %s", strings.Join(bad, ", "))
 	}
