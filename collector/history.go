@@ -1,8 +1,10 @@
 package collector
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/hex"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -167,4 +169,98 @@ func (h *History) Get(id uint64) (*Entry, bool) {
 		}
 	}
 	return nil, false
+}
+
+// TargetState is what the history knows of one module and target: its
+// latest probe and, while it fails, since when.
+type TargetState struct {
+	Module string
+	Target string
+	// Last is the latest probe.
+	Last *Entry
+	// FailingSince is the first failure of the run of failures that Last
+	// ends, as far as the history reaches back; nil when Last succeeded.
+	FailingSince *Entry
+	// Failures is the number of probes in that run that the history holds.
+	Failures int
+	// LastSuccess is the success just before the run. It is nil when the
+	// history does not reach back to it: the target has then failed at
+	// least since FailingSince.
+	LastSuccess *Entry
+	// SinceStart, for a run with no success before it, says that the history
+	// still holds every probe of this process: no probe of the target has
+	// succeeded since the exporter started.
+	SinceStart bool
+	// LastFailure is the latest failure kept, Last itself while it fails;
+	// nil if none is kept.
+	LastFailure *Entry
+}
+
+// Failing reports whether the latest probe failed.
+func (s *TargetState) Failing() bool { return !s.Last.Success }
+
+// States returns the current state of each module and target among the
+// recent probes: failing ones first, the longest failing first, then the
+// others by target and module.
+//
+// Only the recent probes are a complete record: a success that leaves them
+// is dropped, so a run of failures is followed no further back than they
+// reach. The older failures kept still tell a target's latest failure.
+func (h *History) States() []TargetState {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	type key struct{ module, target string }
+	index := make(map[key]int)
+	var states []TargetState
+	// Newest first, so that a key's first probe is its latest.
+	for i := len(h.recent) - 1; i >= 0; i-- {
+		e := h.recent[i]
+		k := key{e.Module, e.Target}
+		j, seen := index[k]
+		if !seen {
+			j = len(states)
+			index[k] = j
+			states = append(states, TargetState{Module: e.Module, Target: e.Target, Last: e})
+		}
+		s := &states[j]
+		if !e.Success && s.LastFailure == nil {
+			s.LastFailure = e
+		}
+		if s.Last.Success || s.LastSuccess != nil {
+			continue // not failing, or the run's start already found
+		}
+		if e.Success {
+			s.LastSuccess = e
+			continue
+		}
+		s.FailingSince = e
+		s.Failures++
+	}
+	for i := len(h.failed) - 1; i >= 0; i-- {
+		e := h.failed[i]
+		if j, ok := index[key{e.Module, e.Target}]; ok && states[j].LastFailure == nil {
+			states[j].LastFailure = e
+		}
+	}
+	// Until recent is full, nothing has left it.
+	complete := len(h.recent) < h.limit
+	for i := range states {
+		s := &states[i]
+		s.SinceStart = complete && s.FailingSince != nil && s.LastSuccess == nil
+	}
+	slices.SortFunc(states, func(a, b TargetState) int {
+		if a.Failing() != b.Failing() {
+			if a.Failing() {
+				return -1
+			}
+			return 1
+		}
+		if a.Failing() {
+			if c := a.FailingSince.Time.Compare(b.FailingSince.Time); c != 0 {
+				return c
+			}
+		}
+		return cmp.Or(strings.Compare(a.Target, b.Target), strings.Compare(a.Module, b.Module))
+	})
+	return states
 }

@@ -6,13 +6,16 @@ import (
 	"fmt"
 	"html/template"
 	"log/slog"
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/smtp-exporter/smtp_exporter/config"
 	"github.com/smtp-exporter/smtp_exporter/internal/printable"
+	"github.com/smtp-exporter/smtp_exporter/prober"
 )
 
 //go:embed templates/*.html
@@ -83,11 +86,54 @@ func NewPages(cfg *config.SafeConfig, history *History, logger *slog.Logger) *Pa
 
 // landingData is what the landing template shows.
 type landingData struct {
-	Modules []string
-	Probes  []probeRow
+	Modules []moduleOption
+	// Placeholder asks for a choice: every module sends a message, and
+	// none is chosen for the person.
+	Placeholder bool
+	States      []stateRow
+	// Failing counts the failing rows among States.
+	Failing int
+	// GateNote says that some modules answer scrapes without a new probe
+	// (min_interval, auth_failure_backoff), which the history does not
+	// record.
+	GateNote bool
+	Probes   []probeRow
 	// Failures counts the failed probes among Probes.
 	Failures     int
 	HistoryLimit int
+}
+
+// moduleOption is one module in the probe form's select.
+type moduleOption struct {
+	Name string
+	// SendsMail: the module's probe submits a canary message.
+	SendsMail bool
+	Selected  bool
+}
+
+// sendsMail reports whether a probe with module submits a message: it
+// plans a DATA phase (smtp.mail with data: true), where data: false stops
+// at RSET after RCPT.
+func sendsMail(module config.Module) bool {
+	return slices.Contains(prober.PlannedPhases(module), prober.PhaseData)
+}
+
+// moduleOptions lists the modules of cfg by name, the first that sends no
+// message chosen; none is chosen if all send one.
+func moduleOptions(cfg *config.Config) []moduleOption {
+	if cfg == nil {
+		return nil
+	}
+	options := make([]moduleOption, 0, len(cfg.Modules))
+	chosen := false
+	for _, name := range slices.Sorted(maps.Keys(cfg.Modules)) {
+		o := moduleOption{Name: name, SendsMail: sendsMail(cfg.Modules[name])}
+		if !o.SendsMail && !chosen {
+			o.Selected, chosen = true, true
+		}
+		options = append(options, o)
+	}
+	return options
 }
 
 // probeRow is one probe in the table of recent probes, already formatted.
@@ -115,6 +161,80 @@ func newProbeRow(e *Entry) probeRow {
 	}
 }
 
+// stateRow is one module and target in the table of current states,
+// already formatted.
+type stateRow struct {
+	Module string
+	Target string
+	// ID is the latest probe's number, for its page.
+	ID      uint64
+	Success bool
+	Phase   string
+	Reason  string
+	// Time and Ago say when the latest probe started.
+	Time string
+	Ago  string
+
+	// The run of failures, for a failing row: its first failure, how many
+	// failed probes the history holds, and whether it reaches back to a
+	// success (AtLeast false) or not.
+	SinceID    uint64
+	Since      string
+	SinceAgo   string
+	Failures   int
+	AtLeast    bool
+	SinceStart bool
+	// LastSuccess is when the success before the run started, if known.
+	LastSuccess string
+
+	// The latest failure of a succeeding row, if one is kept.
+	LastFailureID     uint64
+	LastFailure       string
+	LastFailurePhase  string
+	LastFailureReason string
+}
+
+func newStateRow(s TargetState, now time.Time) stateRow {
+	row := stateRow{
+		Module:  s.Module,
+		Target:  printable.String(s.Target),
+		ID:      s.Last.ID,
+		Success: s.Last.Success,
+		Phase:   string(s.Last.FailurePhase),
+		Reason:  string(s.Last.FailureReason),
+		Time:    clock(s.Last.Time),
+		Ago:     agoText(now.Sub(s.Last.Time)),
+	}
+	if f := s.FailingSince; f != nil {
+		row.SinceID, row.Since, row.SinceAgo = f.ID, clock(f.Time), agoText(now.Sub(f.Time))
+		row.Failures = s.Failures
+		row.AtLeast, row.SinceStart = s.LastSuccess == nil, s.SinceStart
+		if s.LastSuccess != nil {
+			row.LastSuccess = clock(s.LastSuccess.Time)
+		}
+	}
+	if f := s.LastFailure; f != nil && s.Last.Success {
+		row.LastFailureID, row.LastFailure = f.ID, clock(f.Time)
+		row.LastFailurePhase, row.LastFailureReason = string(f.FailurePhase), string(f.FailureReason)
+	}
+	return row
+}
+
+// agoText says how long ago something was, to the second within the hour
+// and to the minute after: "42s", "12m5s", "12m", "3h7m".
+func agoText(d time.Duration) string {
+	if d < time.Hour {
+		d = max(d, 0).Round(time.Second)
+	} else {
+		d = d.Round(time.Minute)
+	}
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	return s
+}
+
 // formatDuration keeps two significant figures or so: a refused connection
 // takes a fraction of a millisecond, and "0s" would hide that it ran.
 func formatDuration(d time.Duration) string {
@@ -130,11 +250,30 @@ func formatDuration(d time.Duration) string {
 
 // Landing serves the landing page.
 func (p *Pages) Landing(w http.ResponseWriter, r *http.Request) {
-	entries := p.history.List()
+	writeHTML(w, p.logger, landingTemplate, newLandingData(p.config.Get(), p.history, time.Now()))
+}
+
+// newLandingData gathers what the landing page shows as of now.
+func newLandingData(cfg *config.Config, history *History, now time.Time) landingData {
+	entries := history.List()
+	states := history.States()
 	data := landingData{
-		Modules:      p.config.ModuleNames(),
+		Modules:      moduleOptions(cfg),
+		States:       make([]stateRow, 0, len(states)),
 		Probes:       make([]probeRow, 0, len(entries)),
-		HistoryLimit: p.history.Limit(),
+		HistoryLimit: history.Limit(),
+	}
+	data.Placeholder = !slices.ContainsFunc(data.Modules, func(o moduleOption) bool { return o.Selected })
+	if cfg != nil {
+		for _, m := range cfg.Modules {
+			data.GateNote = data.GateNote || reusable(m)
+		}
+	}
+	for _, s := range states {
+		data.States = append(data.States, newStateRow(s, now))
+		if s.Failing() {
+			data.Failing++
+		}
 	}
 	for _, e := range entries {
 		data.Probes = append(data.Probes, newProbeRow(e))
@@ -142,7 +281,7 @@ func (p *Pages) Landing(w http.ResponseWriter, r *http.Request) {
 			data.Failures++
 		}
 	}
-	writeHTML(w, p.logger, landingTemplate, data)
+	return data
 }
 
 // Logs serves one probe of the history: /logs?id=N, where N is the number on

@@ -2,11 +2,13 @@ package collector
 
 import (
 	"encoding/base64"
+	"encoding/xml"
 	"errors"
 	"go/ast"
 	"go/parser"
 	"go/token"
 	"html"
+	"io"
 	"math"
 	"net/http"
 	"net/netip"
@@ -17,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smtp-exporter/smtp_exporter/config"
 	"github.com/smtp-exporter/smtp_exporter/internal/smtptest"
 	"github.com/smtp-exporter/smtp_exporter/prober"
 )
@@ -648,5 +651,441 @@ func TestCertViewCountsOmittedNames(t *testing.T) {
 	c.OmittedNames = 0
 	if got, want := newCertView(c, now).Names, "mx.example.net, 192.0.2.25"; got != want {
 		t.Errorf("names = %q, want %q", got, want)
+	}
+}
+
+// historyOf fills a history of the given limit with probes, one a minute
+// from base, each "module target ok" or "module target fail"; failures are
+// auth_rejected in auth.
+func historyOf(t *testing.T, limit int, base time.Time, probes ...string) *History {
+	t.Helper()
+	h := NewHistory(limit)
+	for i, p := range probes {
+		f := strings.Fields(p)
+		if len(f) != 3 || (f[2] != "ok" && f[2] != "fail") {
+			t.Fatalf("probe %q is not \"module target ok|fail\"", p)
+		}
+		id, probeID := h.newID()
+		e := &Entry{ID: id, ProbeID: probeID, Time: base.Add(time.Duration(i) * time.Minute),
+			Module: f[0], Target: f[1], Success: f[2] == "ok"}
+		if !e.Success {
+			e.FailurePhase, e.FailureReason = prober.PhaseAuth, prober.ReasonAuthRejected
+		}
+		h.Add(e)
+	}
+	return h
+}
+
+// stateSummary is a TargetState by probe numbers, 0 for none.
+type stateSummary struct {
+	key                      string // "module target"
+	last, since, lastSuccess uint64
+	failures                 int
+	sinceStart               bool
+	lastFailure              uint64
+}
+
+func summarize(states []TargetState) []stateSummary {
+	id := func(e *Entry) uint64 {
+		if e == nil {
+			return 0
+		}
+		return e.ID
+	}
+	out := make([]stateSummary, 0, len(states))
+	for _, s := range states {
+		out = append(out, stateSummary{s.Module + " " + s.Target, id(s.Last), id(s.FailingSince), id(s.LastSuccess),
+			s.Failures, s.SinceStart, id(s.LastFailure)})
+	}
+	return out
+}
+
+func TestHistoryStates(t *testing.T) {
+	base := time.Date(2026, 3, 4, 3, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name   string
+		limit  int
+		probes []string
+		want   []stateSummary
+	}{
+		{"nothing", 10, nil, nil},
+		{"history disabled", 0, []string{"m a fail"}, nil},
+		{"one success", 10, []string{"m a ok"}, []stateSummary{{key: "m a", last: 1}}},
+		{"failing after a success", 10, []string{"m a fail", "m a ok", "m a fail", "m a fail"},
+			[]stateSummary{{key: "m a", last: 4, since: 3, lastSuccess: 2, failures: 2, lastFailure: 4}}},
+		{"recovered", 10, []string{"m a ok", "m a fail", "m a ok"},
+			[]stateSummary{{key: "m a", last: 3, lastFailure: 2}}},
+		{"never succeeded since the start", 10, []string{"m a fail", "m a fail"},
+			[]stateSummary{{key: "m a", last: 2, since: 1, failures: 2, sinceStart: true, lastFailure: 2}}},
+		{"other targets between", 10, []string{"m a ok", "m b fail", "m a fail", "m b ok", "m a fail"},
+			[]stateSummary{
+				{key: "m a", last: 5, since: 3, lastSuccess: 1, failures: 2, lastFailure: 5},
+				{key: "m b", last: 4, lastFailure: 2},
+			}},
+		{"modules of one target apart", 10, []string{"auth mx ok", "banner mx fail", "auth mx fail", "banner mx ok"},
+			[]stateSummary{
+				{key: "auth mx", last: 3, since: 3, lastSuccess: 1, failures: 1, lastFailure: 3},
+				{key: "banner mx", last: 4, lastFailure: 2},
+			}},
+		// Recent keeps 3: the success 2 has been dropped, so the run is
+		// followed no further back than recent reaches, although the kept
+		// failure 3 might belong to it.
+		{"history does not reach the last success", 3, []string{"m a fail", "m a ok", "m a fail", "m b ok", "m b ok", "m a fail"},
+			[]stateSummary{
+				{key: "m a", last: 6, since: 6, failures: 1, lastFailure: 6},
+				{key: "m b", last: 5},
+			}},
+		// A full history no longer says that nothing succeeded since the
+		// start.
+		{"full history of failures", 2, []string{"m a ok", "m a fail", "m a fail"},
+			[]stateSummary{{key: "m a", last: 3, since: 2, failures: 2, lastFailure: 3}}},
+		// A success whose failure has left recent still knows it from the
+		// older failures kept.
+		{"latest failure among the older ones", 2, []string{"m a fail", "m a ok", "m a ok"},
+			[]stateSummary{{key: "m a", last: 3, lastFailure: 1}}},
+		// A target whose probes have all left recent is no longer current.
+		{"not seen recently", 2, []string{"m old fail", "m a ok", "m a ok"},
+			[]stateSummary{{key: "m a", last: 3}}},
+		// Failing first, the longest failing first; then by target and module.
+		{"order", 10, []string{"z c ok", "m b fail", "a c ok", "m a ok", "n b ok", "m a fail", "a a fail", "m b fail"},
+			[]stateSummary{
+				{key: "m b", last: 8, since: 2, failures: 2, sinceStart: true, lastFailure: 8},
+				{key: "m a", last: 6, since: 6, lastSuccess: 4, failures: 1, lastFailure: 6},
+				{key: "a a", last: 7, since: 7, failures: 1, sinceStart: true, lastFailure: 7},
+				{key: "n b", last: 5},
+				{key: "a c", last: 3},
+				{key: "z c", last: 1},
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := summarize(historyOf(t, tc.limit, base, tc.probes...).States())
+			if len(got) != len(tc.want) {
+				t.Fatalf("states %+v, want %+v", got, tc.want)
+			}
+			for i := range tc.want {
+				if got[i] != tc.want[i] {
+					t.Errorf("state %d: %+v, want %+v", i, got[i], tc.want[i])
+				}
+			}
+		})
+	}
+}
+
+// htmlNode is an element of a page as encoding/xml reads HTML in its
+// lenient mode: enough to find elements by id, class and data attributes.
+type htmlNode struct {
+	tag      string
+	attrs    map[string]string
+	children []*htmlNode
+	text     strings.Builder
+}
+
+// parseHTML parses a page rendered by the templates.
+func parseHTML(t *testing.T, page string) *htmlNode {
+	t.Helper()
+	d := xml.NewDecoder(strings.NewReader(page))
+	d.Strict, d.AutoClose, d.Entity = false, xml.HTMLAutoClose, xml.HTMLEntity
+	root := &htmlNode{attrs: map[string]string{}}
+	stack := []*htmlNode{root}
+	for {
+		tok, err := d.Token()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("parsing the page: %v", err)
+		}
+		top := stack[len(stack)-1]
+		switch tok := tok.(type) {
+		case xml.StartElement:
+			n := &htmlNode{tag: tok.Name.Local, attrs: map[string]string{}}
+			for _, a := range tok.Attr {
+				n.attrs[a.Name.Local] = a.Value
+			}
+			top.children = append(top.children, n)
+			stack = append(stack, n)
+		case xml.EndElement:
+			stack = stack[:len(stack)-1]
+		case xml.CharData:
+			for _, n := range stack {
+				n.text.Write(tok)
+			}
+		}
+	}
+	return root
+}
+
+// find returns the elements under n, in document order, that match.
+func (n *htmlNode) find(match func(*htmlNode) bool) []*htmlNode {
+	var out []*htmlNode
+	for _, c := range n.children {
+		if match(c) {
+			out = append(out, c)
+		}
+		out = append(out, c.find(match)...)
+	}
+	return out
+}
+
+// byID returns the element with the given id, or fails the test.
+func (n *htmlNode) byID(t *testing.T, id string) *htmlNode {
+	t.Helper()
+	found := n.find(func(c *htmlNode) bool { return c.attrs["id"] == id })
+	if len(found) != 1 {
+		t.Fatalf("%d elements with id %q", len(found), id)
+	}
+	return found[0]
+}
+
+func (n *htmlNode) byTag(tag string) []*htmlNode {
+	return n.find(func(c *htmlNode) bool { return c.tag == tag })
+}
+
+// Text returns the element's text, spaces collapsed.
+func (n *htmlNode) Text() string { return strings.Join(strings.Fields(n.text.String()), " ") }
+
+// renderLanding renders the landing page for cfg and h as of now.
+func renderLanding(t *testing.T, cfg *config.Config, h *History, now time.Time) *htmlNode {
+	t.Helper()
+	var b strings.Builder
+	if err := landingTemplate.Execute(&b, newLandingData(cfg, h, now)); err != nil {
+		t.Fatalf("rendering the landing page: %v", err)
+	}
+	return parseHTML(t, b.String())
+}
+
+func TestLandingCurrentState(t *testing.T) {
+	base := time.Date(2026, 3, 4, 3, 0, 0, 0, time.UTC)
+	cfg := newTestConfig(t, testConfigYAML).Get()
+	h := historyOf(t, 4, base,
+		"relay mx.example.net fail", // 1: leaves recent, kept as an older failure
+		"submission mx.example.net ok",
+		"submission mx.example.net fail",
+		"relay mx.example.net ok",
+		"submission mx.example.net fail",
+		"relay other.example.net fail",
+	)
+	// Recent: 3..6, the success 2 and the failure 1 have left it.
+	now := base.Add(2 * time.Hour)
+	doc := renderLanding(t, cfg, h, now)
+
+	if got := doc.byID(t, "failing").Text(); got != "Failing now: 2 of the 3 module and target pairs probed recently." {
+		t.Errorf("summary %q", got)
+	}
+	rows := doc.byID(t, "states").byTag("tbody")[0].byTag("tr")
+	type row struct{ module, target, result, id, sinceID, failures, atLeast, class string }
+	var got []row
+	for _, r := range rows {
+		a := r.attrs
+		got = append(got, row{a["data-module"], a["data-target"], a["data-result"], a["data-id"], a["data-since-id"], a["data-failures"], a["data-at-least"], a["class"]})
+	}
+	want := []row{
+		// Failing since probe 3 (02:00 after base), the success 2 has left
+		// recent: at least since then.
+		{"submission", "mx.example.net", "failure", "5", "3", "2", "true", "failed"},
+		{"relay", "other.example.net", "failure", "6", "6", "1", "true", "failed"},
+		{"relay", "mx.example.net", "success", "4", "", "", "", ""},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("rows %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("row %d: %+v, want %+v", i, got[i], want[i])
+		}
+	}
+
+	cells := func(r *htmlNode) []string {
+		var out []string
+		for _, td := range r.byTag("td") {
+			out = append(out, td.Text())
+		}
+		return out
+	}
+	failing := cells(rows[0])
+	for i, want := range []string{"mx.example.net", "submission", "failure", "auth", "auth_rejected",
+		"2026-03-04 03:04:00Z 1h56m ago",
+		"at least since 2026-03-04 03:02:00Z 1h58m ago; 2 failed probes in a row, and the history reaches back no further",
+		"details"} {
+		if i >= len(failing) || failing[i] != want {
+			t.Errorf("failing row cell %d: %q, want %q", i, failing, want)
+		}
+	}
+	links := func(r *htmlNode) []string {
+		var out []string
+		for _, a := range r.byTag("a") {
+			out = append(out, a.attrs["href"])
+		}
+		return out
+	}
+	if got := strings.Join(links(rows[0]), " "); got != "logs?id=3 logs?id=5" {
+		t.Errorf("failing row links %q, want the run's first failure and the latest probe", got)
+	}
+	// The succeeding pair shows its latest failure, kept although it has
+	// left the recent probes.
+	if got := cells(rows[2]); len(got) < 4 || got[3] != "last failed at 2026-03-04 03:00:00Z: auth, auth_rejected" {
+		t.Errorf("succeeding row %q does not show its last failure", got)
+	}
+	if got := strings.Join(links(rows[2]), " "); got != "logs?id=1 logs?id=4" {
+		t.Errorf("succeeding row links %q", got)
+	}
+
+	// The state leads; the chronological list stays below, all of it.
+	var order []string
+	for _, n := range doc.find(func(n *htmlNode) bool { return n.tag == "h2" || n.tag == "table" }) {
+		order = append(order, n.tag+":"+n.Text()+n.attrs["id"])
+	}
+	if len(order) < 5 || order[0] != "h2:Current state" || order[1] != "table:"+doc.byID(t, "states").Text()+"states" ||
+		order[2] != "h2:Probe a target" || order[3] != "h2:Recent probes" {
+		t.Errorf("sections %q", order)
+	}
+	if n := len(doc.byID(t, "probes").byTag("tbody")[0].byTag("tr")); n != 5 {
+		t.Errorf("%d recent probes listed, want the 4 recent and the older failure", n)
+	}
+
+	t.Run("a probe that never succeeded", func(t *testing.T) {
+		doc := renderLanding(t, cfg, historyOf(t, 10, base, "submission mx.example.net fail"), base.Add(30*time.Second))
+		tds := doc.byID(t, "states").byTag("td")
+		if got := tds[6].Text(); got != "at least since 2026-03-04 03:00:00Z 30s ago; 1 failed probe in a row, none succeeded since the exporter started" {
+			t.Errorf("failing since %q", got)
+		}
+	})
+	t.Run("a run after a success", func(t *testing.T) {
+		doc := renderLanding(t, cfg, historyOf(t, 10, base, "relay mx ok", "relay mx fail"), base.Add(time.Hour))
+		r := doc.byID(t, "states").byTag("tr")[1]
+		if r.attrs["data-at-least"] != "false" || r.byTag("td")[6].Text() != "2026-03-04 03:01:00Z 59m ago; 1 failed probe in a row, after a success at 2026-03-04 03:00:00Z" {
+			t.Errorf("row %v: %q", r.attrs, r.byTag("td")[6].Text())
+		}
+	})
+	t.Run("all succeed", func(t *testing.T) {
+		doc := renderLanding(t, cfg, historyOf(t, 10, base, "relay mx ok"), base)
+		if got := doc.byID(t, "failing"); got.attrs["class"] != "ok" || got.Text() != "Failing now: none of the 1 module and target pairs probed recently." {
+			t.Errorf("summary %v %q", got.attrs, got.Text())
+		}
+	})
+	t.Run("target escaped", func(t *testing.T) {
+		target := "mx.example.net\u202e<b>\x1b[31m"
+		doc := renderLanding(t, cfg, historyOf(t, 10, base, "relay "+target+" fail"), base)
+		r := doc.byID(t, "states").byTag("tbody")[0].byTag("tr")[0]
+		const want = `mx.example.net\u202e<b>\x1b[31m`
+		if r.attrs["data-target"] != want || r.byTag("td")[0].Text() != want {
+			t.Errorf("target shown as %q and %q, want %q", r.attrs["data-target"], r.byTag("td")[0].Text(), want)
+		}
+		if len(r.byTag("b")) != 0 {
+			t.Error("the target's markup became an element")
+		}
+	})
+	t.Run("no probes", func(t *testing.T) {
+		doc := renderLanding(t, cfg, NewHistory(10), base)
+		if n := doc.find(func(n *htmlNode) bool { return n.attrs["id"] == "states" }); len(n) != 0 {
+			t.Error("a table of states without probes")
+		}
+	})
+}
+
+func TestLandingStateNotesAnswersNotRecorded(t *testing.T) {
+	h := historyOf(t, 10, time.Now(), "submission mx ok")
+	const note = "Only probes that ran are counted"
+	for _, tc := range []struct {
+		name, yaml string
+		want       bool
+	}{
+		{"no reuse", testConfigYAML, false},
+		{"min_interval", "modules:\n  banner:\n    min_interval: 1m\n    smtp:\n      tls: none\n", true},
+		// auth_failure_backoff is on by default for a module that logs in.
+		{"auth_failure_backoff", "modules:\n  submission:\n    smtp:\n      auth:\n        username: u\n        password: p\n      allowed_targets: ['*']\n", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			doc := renderLanding(t, newTestConfig(t, tc.yaml).Get(), h, time.Now())
+			if got := strings.Contains(doc.Text(), note); got != tc.want {
+				t.Errorf("note shown %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestLandingFormDoesNotChooseModuleThatSendsMail(t *testing.T) {
+	const canary = `
+  canary:
+    smtp:
+      mail:
+        from: probe@example.net
+        to: [sink@example.net]
+`
+	const noData = `
+  check_rcpt:
+    smtp:
+      mail:
+        from: probe@example.net
+        to: [sink@example.net]
+        data: false
+`
+	const banner = `
+  zz_banner:
+    smtp:
+      tls: none
+`
+	type option struct {
+		value, text   string
+		sends, chosen bool
+	}
+	for _, tc := range []struct {
+		name    string
+		modules string
+		want    []option
+	}{
+		{"the first", banner + noData, []option{
+			{"check_rcpt", "check_rcpt", false, true},
+			{"zz_banner", "zz_banner", false, false},
+		}},
+		{"the first that sends nothing", canary + noData + banner, []option{
+			{"canary", "canary — sends a message", true, false},
+			{"check_rcpt", "check_rcpt", false, true},
+			{"zz_banner", "zz_banner", false, false},
+		}},
+		{"after the senders", canary + banner, []option{
+			{"canary", "canary — sends a message", true, false},
+			{"zz_banner", "zz_banner", false, true},
+		}},
+		// Nothing chosen: the placeholder, which cannot be sent, forces a
+		// choice.
+		{"every module sends", canary, []option{
+			{"", "Choose a module", false, true},
+			{"canary", "canary — sends a message", true, false},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			doc := renderLanding(t, newTestConfig(t, "modules:"+tc.modules).Get(), NewHistory(10), time.Now())
+			sel := doc.byID(t, "module")
+			if _, ok := sel.attrs["required"]; !ok {
+				t.Error("the module select is not required")
+			}
+			// A browser chooses the last option marked selected, or else the
+			// first.
+			var got []option
+			chosen := 0
+			for i, o := range sel.byTag("option") {
+				if _, ok := o.attrs["selected"]; ok {
+					chosen = i
+				}
+				got = append(got, option{o.attrs["value"], o.Text(), o.attrs["data-sends-mail"] == "true", false})
+			}
+			if len(got) > 0 {
+				got[chosen].chosen = true
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("options %+v, want %+v", got, tc.want)
+			}
+			for i := range tc.want {
+				if got[i] != tc.want[i] {
+					t.Errorf("option %d: %+v, want %+v", i, got[i], tc.want[i])
+				}
+			}
+			if tc.want[0].value == "" {
+				if _, ok := sel.byTag("option")[0].attrs["disabled"]; !ok {
+					t.Error("the placeholder can be chosen")
+				}
+			}
+		})
 	}
 }
