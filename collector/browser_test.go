@@ -382,17 +382,18 @@ modules:
 			}
 		}
 	}
-	probeFromForm := func(what string) {
+	probeWith := func(what, module string) {
 		t.Helper()
 		step(t, ctx, what,
 			chromedp.WaitVisible(chromedp.ID("target")),
 			chromedp.SendKeys(chromedp.ID("target"), srv.Addr()),
-			// Not the first module in the list, so the choice is real.
-			chromedp.SetValue(chromedp.ID("module"), "submission"),
+			chromedp.SetValue(chromedp.ID("module"), module),
 			chromedp.Click(chromedp.ID("probe")),
 			chromedp.WaitVisible(chromedp.ID("waterfall")),
 		)
 	}
+	// Not the first module in the list, so the choice is real.
+	probeFromForm := func(what string) { t.Helper(); probeWith(what, "submission") }
 	plannedPhases := []string{"setup", "connect", "banner", "ehlo", "starttls", "ehlo_tls", "auth", "quit"}
 
 	// 1. The landing page, under the prefix, and its form.
@@ -491,6 +492,27 @@ modules:
 		t.Errorf("/logs page shows reason %q", attrs["data-reason"])
 	}
 	assertNoSecretInDOM("logs page")
+
+	// 4. Another module of the same server succeeds; the current state
+	// leads the landing page, the failing pair first although its module
+	// sorts after.
+	step(t, ctx, "going back to the landing page", chromedp.Click(chromedp.CSS(`nav a[href="./"]`)), chromedp.WaitVisible(chromedp.ID("states")))
+	probeWith("probing with the banner module", "banner")
+	step(t, ctx, "going back to the landing page", chromedp.Click(chromedp.CSS(`nav a[href="./"]`)), chromedp.WaitVisible(chromedp.ID("states")))
+	states := get(t, ctx, "reading the current state", chromedp.AttributesAll(chromedp.CSSAll("#states tbody tr")))
+	if len(states) != 2 ||
+		states[0]["data-module"] != "submission" || states[0]["data-result"] != "failure" || states[0]["class"] != "failed" ||
+		states[0]["data-target"] != srv.Addr() || states[0]["data-id"] != rows[0]["data-id"] ||
+		states[0]["data-since-id"] != rows[0]["data-id"] || states[0]["data-at-least"] != "false" ||
+		states[1]["data-module"] != "banner" || states[1]["data-result"] != "success" {
+		t.Errorf("current state %v, want submission failing since its latest probe after a success, then banner succeeding", states)
+	}
+	above := get(t, ctx, "placing the tables", chromedp.Evaluate[bool](
+		`document.getElementById('states').getBoundingClientRect().bottom < document.getElementById('probes').getBoundingClientRect().top`))
+	if !above {
+		t.Error("the current state is not above the recent probes")
+	}
+	screenshot(t, ctx, "landing-page-state.png")
 
 	consoleMu.Lock()
 	for _, m := range console {
