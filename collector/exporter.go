@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/smtp-exporter/smtp_exporter/config"
+	"github.com/smtp-exporter/smtp_exporter/delivery"
 )
 
 // Options is everything the process knows that probing needs: the flags,
@@ -27,6 +28,9 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Probe runs a probe; nil means prober.ProbeTarget.
 	Probe ProbeFunc
+	// Delivery tracks the canaries of modules with a delivery block; nil
+	// reports no delivery.
+	Delivery *delivery.Tracker
 }
 
 // Exporter ties the /probe handler and the pages to one shared history, so
@@ -51,6 +55,7 @@ func NewExporter(opts Options) *Exporter {
 			MaxConcurrent: opts.MaxConcurrent,
 			Probe:         opts.Probe,
 			Registerer:    opts.Registerer,
+			Delivery:      opts.Delivery,
 		}),
 		pages: NewPages(opts.Config, history, opts.Logger),
 	}
@@ -67,6 +72,10 @@ func (e *Exporter) LogsHandler() http.Handler { return http.HandlerFunc(e.pages.
 
 // ConfigHandler serves /config.
 func (e *Exporter) ConfigHandler() http.Handler { return http.HandlerFunc(e.pages.Config) }
+
+// CountLogin counts a login of a delivery block's IMAP session in
+// smtp_exporter_logins_total.
+func (e *Exporter) CountLogin(module, outcome string) { e.probe.CountLogin(module, outcome) }
 
 // History returns the probe history the handlers share.
 func (e *Exporter) History() *History { return e.history }

@@ -215,7 +215,7 @@ type loginCounters struct {
 func (c loginCounters) Collect(ch chan<- prometheus.Metric) {
 	if cfg := c.config.Get(); cfg != nil {
 		for name, module := range cfg.Modules {
-			if module.SMTP.Auth != nil {
+			if module.SMTP.Auth != nil || (module.SMTP.Mail != nil && module.SMTP.Mail.Delivery != nil) {
 				for _, outcome := range loginOutcomes {
 					c.WithLabelValues(name, outcome)
 				}

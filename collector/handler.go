@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/smtp-exporter/smtp_exporter/config"
+	"github.com/smtp-exporter/smtp_exporter/delivery"
 	"github.com/smtp-exporter/smtp_exporter/prober"
 )
 
@@ -66,6 +67,10 @@ type HandlerOpts struct {
 	// GateLimit bounds the results kept for min_interval; 0 means
 	// DefaultGateLimit.
 	GateLimit int
+	// Delivery is told of every canary a module with a delivery block
+	// sends, and gives its delivery state to the probe's answer; nil
+	// reports no delivery.
+	Delivery *delivery.Tracker
 }
 
 // Handler serves /probe. A request flows one way: check the parameters,
@@ -84,7 +89,8 @@ type Handler struct {
 	// gate decides whether a probe may log in now.
 	gate *gate
 	// modules caches each module's YAML and fingerprint.
-	modules moduleTexts
+	modules  moduleTexts
+	delivery *delivery.Tracker
 
 	moduleUnknown prometheus.Counter
 	rejected      prometheus.Counter
@@ -101,6 +107,7 @@ func NewHandler(opts HandlerOpts) *Handler {
 		probe:         opts.Probe,
 		resolve:       opts.Resolve,
 		gate:          newGate(opts.GateLimit, opts.MaxConcurrent),
+		delivery:      opts.Delivery,
 		moduleUnknown: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "smtp_exporter",
 			Name:      "module_unknown_total",
@@ -189,6 +196,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if params.Get("debug") == "true" {
 		writeDebugText(w, h.logger, entry)
+		writeDeliveryText(w, h.delivery, moduleName, params.Get("delivery_transcript") == "true")
 		return
 	}
 	if writeExposition(w, r, params, entry.Metrics) {
@@ -197,7 +205,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Another format, or a name[] filter: built from the same result, age
 	// included (0 for a probe run or shared now).
 	registry := prometheus.NewRegistry()
-	registry.MustRegister(h.collectorFor(entry.Result, entry.Timeout, module, entry.age))
+	registry.MustRegister(withDelivery(h.collectorFor(entry.Result, entry.Timeout, module, entry.age), h.delivery, moduleName))
 	promhttp.HandlerFor(registry, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}).ServeHTTP(w, r)
 }
 
@@ -323,7 +331,7 @@ func (h *Handler) present(ans Answer, target, moduleName string, module config.M
 	if entry.ID != 0 {
 		entry.log = fixedLog(entry.Notice + "\nThe probe's own log is on /logs?id=" + strconv.FormatUint(entry.ID, 10) + " while the history keeps it.\n")
 	}
-	entry.Metrics = h.exposition(h.collectorFor(entry.Result, entry.Timeout, module, entry.age), log)
+	entry.Metrics = h.exposition(withDelivery(h.collectorFor(entry.Result, entry.Timeout, module, entry.age), h.delivery, moduleName), log)
 	entry.ModuleConfig = text.yaml
 	return &entry
 }
@@ -382,8 +390,11 @@ func (h *Handler) run(ctx context.Context, dest prober.Target, target, moduleNam
 		entry.FailurePhase, entry.FailureReason = f.Phase, f.Reason
 	}
 	h.logOutcome(plog, result)
+	if h.delivery != nil && result.MessageAccepted {
+		h.delivery.Sent(moduleName, probeID, result.AcceptedAt)
+	}
 
-	entry.Metrics = h.exposition(h.collectorFor(result, timeout, module, 0), plog.probe)
+	entry.Metrics = h.exposition(withDelivery(h.collectorFor(result, timeout, module, 0), h.delivery, moduleName), plog.probe)
 	entry.log = lazyLog(plog.records.String)
 	entry.ModuleConfig = text.yaml
 	return entry
@@ -419,6 +430,12 @@ func (h *Handler) logOutcome(plog *probeLog, r *prober.Result) {
 		}
 	}
 	plog.main.Warn("Probe failed", attrs...)
+}
+
+// CountLogin counts a login made outside a probe (the IMAP session of a
+// delivery block) in smtp_exporter_logins_total.
+func (h *Handler) CountLogin(module, outcome string) {
+	h.gate.m.logins.WithLabelValues(module, outcome).Inc()
 }
 
 // singleParam returns the one value of a required query parameter.

@@ -1,0 +1,119 @@
+package collector
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/smtp-exporter/smtp_exporter/delivery"
+	"github.com/smtp-exporter/smtp_exporter/internal/printable"
+)
+
+// The delivery metrics of a canary module's /probe answer: the state the
+// Tracker has gathered across probes, not this probe's.
+var (
+	deliveryLastDesc = newDesc("probe_smtp_delivery_last_seconds",
+		"Time from the 250 to DATA to the moment the most recently delivered canary was found in its mailbox.", nil)
+	deliveryLastServerDesc = newDesc("probe_smtp_delivery_last_server_seconds",
+		"Time from the 250 to DATA to the mailbox server's arrival time (INTERNALDATE, whole seconds) of the most recently delivered canary.", nil)
+	deliveryPendingDesc = newDesc("probe_smtp_delivery_pending",
+		"Canaries accepted by the server and not yet found in the mailbox.", nil)
+	deliveryLateDesc = newDesc("probe_smtp_delivery_late",
+		"Pending canaries accepted longer than late_after ago.", nil)
+	deliveryLostDesc = newDesc("probe_smtp_delivery_lost_total",
+		"Canaries not found within lost_after, since the exporter started.", nil)
+	deliveryDeliveredDesc = newDesc("probe_smtp_delivery_delivered_total",
+		"Canaries found in the mailbox or its Junk folder, since the exporter started.", nil)
+	deliveryJunkDesc = newDesc("probe_smtp_delivery_junk_total",
+		"Canaries found in the account's Junk folder, since the exporter started.", nil)
+	deliveryWatcherUpDesc = newDesc("probe_smtp_delivery_watcher_up",
+		"1 when the IMAP session watching the mailbox is logged in and watching.", nil)
+)
+
+// deliveryCollector adds a module's delivery state to its probe's metrics.
+type deliveryCollector struct {
+	prometheus.Collector
+	status delivery.Status
+}
+
+func (c deliveryCollector) Describe(ch chan<- *prometheus.Desc) {
+	c.Collector.Describe(ch)
+	for _, d := range []*prometheus.Desc{deliveryLastDesc, deliveryLastServerDesc, deliveryPendingDesc, deliveryLateDesc,
+		deliveryLostDesc, deliveryDeliveredDesc, deliveryJunkDesc, deliveryWatcherUpDesc} {
+		ch <- d
+	}
+}
+
+func (c deliveryCollector) Collect(ch chan<- prometheus.Metric) {
+	c.Collector.Collect(ch)
+	s := c.status
+	gauge := func(d *prometheus.Desc, v float64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
+	}
+	counter := func(d *prometheus.Desc, v uint64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
+	}
+	if s.HasLast {
+		gauge(deliveryLastDesc, s.LastLatency.Seconds())
+		gauge(deliveryLastServerDesc, s.LastServerLatency.Seconds())
+	}
+	gauge(deliveryPendingDesc, float64(s.Pending))
+	gauge(deliveryLateDesc, float64(s.Late))
+	counter(deliveryLostDesc, s.Lost)
+	counter(deliveryDeliveredDesc, s.Delivered)
+	counter(deliveryJunkDesc, s.JunkSeen)
+	up := 0.0
+	if s.WatcherUp {
+		up = 1
+	}
+	gauge(deliveryWatcherUpDesc, up)
+}
+
+// withDelivery adds the module's delivery state to c when it has a
+// delivery block.
+func withDelivery(c prometheus.Collector, t *delivery.Tracker, module string) prometheus.Collector {
+	if t == nil {
+		return c
+	}
+	s, ok := t.Status(module)
+	if !ok {
+		return c
+	}
+	return deliveryCollector{Collector: c, status: s}
+}
+
+// writeDeliveryText appends a module's delivery state to debug output, and
+// the IMAP session's redacted transcript when asked for.
+func writeDeliveryText(w io.Writer, t *delivery.Tracker, module string, transcript bool) {
+	if t == nil {
+		return
+	}
+	s, ok := t.Status(module)
+	if !ok {
+		return
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n\n\nDelivery (IMAP watcher up: %t; pending %d, late %d; delivered %d, in Junk %d, lost %d since start):\n",
+		s.WatcherUp, s.Pending, s.Late, s.Delivered, s.JunkSeen, s.Lost)
+	for _, c := range s.Recent {
+		fmt.Fprintf(&b, "  %s sent %s  %s", printable.String(c.ProbeID), c.Sent.UTC().Format(time.RFC3339), c.State)
+		if !c.Seen.IsZero() {
+			fmt.Fprintf(&b, "  seen %s in %s after %.3fs (server: %.0fs)", c.Seen.UTC().Format(time.RFC3339),
+				printable.String(c.Folder), c.Latency.Seconds(), c.ServerLatency.Seconds())
+		}
+		b.WriteString("\n")
+	}
+	if transcript {
+		b.WriteString("\nIMAP transcript (credentials replaced):\n")
+		for _, l := range t.Transcript(module) {
+			b.WriteString(printable.String(l))
+			b.WriteString("\n")
+		}
+	} else {
+		b.WriteString("\nAdd delivery_transcript=true for the IMAP session's transcript.\n")
+	}
+	io.WriteString(w, b.String())
+}
