@@ -31,6 +31,7 @@ import (
 
 	"github.com/smtp-exporter/smtp_exporter/collector"
 	"github.com/smtp-exporter/smtp_exporter/config"
+	"github.com/smtp-exporter/smtp_exporter/delivery"
 )
 
 const exporterName = "smtp_exporter"
@@ -115,7 +116,14 @@ func run(args []string, signals chan os.Signal) int {
 		return 2
 	}
 
-	exporter := collector.NewExporter(collector.Options{
+	// The delivery watchers count their IMAP logins with the probes'.
+	var exporter *collector.Exporter
+	tracker := delivery.NewTracker(delivery.Options{
+		Logger:  logger,
+		OnLogin: func(module, outcome string) { exporter.CountLogin(module, outcome) },
+	})
+	registry.MustRegister(tracker.Collector())
+	exporter = collector.NewExporter(collector.Options{
 		Config:        safeConfig,
 		Logger:        logger,
 		ProberLevel:   parseLevel(*logProber),
@@ -123,13 +131,16 @@ func run(args []string, signals chan os.Signal) int {
 		HistoryLimit:  int(*historyLimit),
 		MaxConcurrent: int(*maxConcurrent),
 		Registerer:    registry,
+		Delivery:      tracker,
 	})
+	tracker.Apply(safeConfig.Get())
+	defer tracker.Stop()
 
 	reloads := make(chan chan error)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	signal.Notify(signals, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
-	go reloadLoop(ctx, reloads, safeConfig, *configFile, logger)
+	go reloadLoop(ctx, reloads, safeConfig, *configFile, logger, tracker.Apply)
 
 	mux := http.NewServeMux()
 	route := func(p string, h http.Handler) { mux.Handle(path.Join(prefix, p), h) }
@@ -188,7 +199,7 @@ func run(args []string, signals chan os.Signal) int {
 
 // reloadLoop is the one goroutine that reloads the configuration, so that
 // SIGHUP and /-/reload never race each other.
-func reloadLoop(ctx context.Context, requests <-chan chan error, sc *config.SafeConfig, file string, logger *slog.Logger) {
+func reloadLoop(ctx context.Context, requests <-chan chan error, sc *config.SafeConfig, file string, logger *slog.Logger, applied func(*config.Config)) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -197,6 +208,8 @@ func reloadLoop(ctx context.Context, requests <-chan chan error, sc *config.Safe
 			err := sc.Reload(file)
 			if err == nil {
 				logger.Info("Reloaded config file", "file", file)
+				// The delivery watchers follow the new configuration.
+				applied(sc.Get())
 			}
 			errc <- err
 		}
