@@ -37,7 +37,7 @@ const (
 // imapLab is an in-process IMAP server (go-imap's in-memory backend)
 // behind implicit TLS on loopback.
 type imapLab struct {
-	t      *testing.T
+	t      testing.TB
 	addr   string
 	caFile string
 	user   *imapmemserver.User
@@ -77,7 +77,7 @@ func (l trackingListener) Accept() (net.Conn, error) {
 	return c, err
 }
 
-func newIMAPLab(t *testing.T, caps ...imap.Cap) *imapLab {
+func newIMAPLab(t testing.TB, caps ...imap.Cap) *imapLab {
 	t.Helper()
 	cert, caPEM := testCertificate(t)
 	lab := &imapLab{t: t, tls: &tls.Config{Certificates: []tls.Certificate{cert}}}
@@ -179,7 +179,7 @@ func (l *imapLab) messages(folder string) []inspected {
 	return out
 }
 
-func testCertificate(t *testing.T) (tls.Certificate, []byte) {
+func testCertificate(t testing.TB) (tls.Certificate, []byte) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -232,7 +232,7 @@ func (l *imapLab) moduleYAML(name, password, backoff string) string {
 `, name, backoff, testUser, l.addr, l.caFile, testUser, password)
 }
 
-func loadConfig(t *testing.T, modules ...string) *config.Config {
+func loadConfig(t testing.TB, modules ...string) *config.Config {
 	t.Helper()
 	text := "modules:\n  plain: {}\n"
 	for _, m := range modules {
