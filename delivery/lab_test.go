@@ -45,6 +45,9 @@ type imapLab struct {
 
 	logins  atomic.Int32 // by the watcher: the inspector's are not counted
 	inspect atomic.Bool
+	// onSelect, when set, is called with the mailbox of each SELECT of
+	// the watcher, before the server runs it.
+	onSelect atomic.Pointer[func(mailbox string)]
 
 	mu    sync.Mutex
 	conns []net.Conn
@@ -53,6 +56,14 @@ type imapLab struct {
 type countingSession struct {
 	imapserver.Session
 	lab *imapLab
+}
+
+// Select runs the lab's onSelect hook, if any, before the server selects.
+func (s countingSession) Select(mailbox string, options *imap.SelectOptions) (*imap.SelectData, error) {
+	if hook := s.lab.onSelect.Load(); hook != nil && !s.lab.inspect.Load() {
+		(*hook)(mailbox)
+	}
+	return s.Session.Select(mailbox, options)
 }
 
 func (s countingSession) Login(username, password string) error {

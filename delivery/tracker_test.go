@@ -3,6 +3,7 @@ package delivery
 import (
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -236,5 +237,33 @@ func TestChooseJunk(t *testing.T) {
 		if got := chooseJunk(tc.list, tc.mailbox); got != tc.want {
 			t.Errorf("chooseJunk(%v) = %q, want %q", tc.list, got, tc.want)
 		}
+	}
+}
+
+// A canary that lands in the mailbox while the watcher searches Junk is
+// found in the same pass, not at the next poll (a minute here).
+func TestCanaryLandingWhileJunkIsSearched(t *testing.T) {
+	lab := newIMAPLab(t, imap.CapIdle, imap.CapUIDPlus)
+	if err := lab.user.Create("Spam", nil); err != nil {
+		t.Fatal(err)
+	}
+	timing := fastTiming
+	timing.Poll, timing.Idle = time.Minute, time.Minute
+	tr := NewTracker(Options{Timing: timing})
+	t.Cleanup(tr.Stop)
+	tr.Apply(loadConfig(t, lab.moduleYAML("canary", testPassword, "5m")))
+	eventually(t, "the watcher to log in", func() bool { return status(t, tr, "canary").WatcherUp })
+
+	var once sync.Once
+	hook := func(mailbox string) {
+		if mailbox == "Spam" {
+			once.Do(func() { lab.deliver("INBOX", "abc-junk-race", "our canary") })
+		}
+	}
+	lab.onSelect.Store(&hook)
+	tr.Sent("canary", "abc-junk-race", time.Now())
+	eventually(t, "the canary to be seen", func() bool { return status(t, tr, "canary").Delivered == 1 })
+	if s := status(t, tr, "canary"); s.Recent[0].Folder != "INBOX" || s.LastLatency > 5*time.Second {
+		t.Errorf("status %+v: want the canary seen in INBOX within the pass", s)
 	}
 }

@@ -486,23 +486,26 @@ func (w *watcher) selectFolder(c *imapclient.Client, name string) (*imap.SelectD
 	return data, nil
 }
 
-// pass looks for canaries in the mailbox, and in Junk, and deletes ours.
-// It leaves the mailbox selected.
+// pass looks for canaries in Junk, then in the mailbox, and deletes ours.
+// It leaves the mailbox selected. The mailbox comes last: a message that
+// lands in it after its search is announced by an EXISTS (during the
+// pass, or in the IDLE that follows), which starts another pass. Searched
+// first, a message landing while Junk is selected would be announced in
+// the reply to the SELECT that returns to the mailbox, which announces
+// nothing, and wait for the next poll.
 func (w *watcher) pass(c *imapclient.Client, junk string) error {
-	if err := w.scan(c, w.spec.imap.Mailbox, false); err != nil {
-		return err
+	if junk != "" {
+		if _, err := w.selectFolder(c, junk); err != nil {
+			return err
+		}
+		if err := w.scan(c, junk, true); err != nil {
+			return err
+		}
+		if _, err := w.selectFolder(c, w.spec.imap.Mailbox); err != nil {
+			return err
+		}
 	}
-	if junk == "" {
-		return nil
-	}
-	if _, err := w.selectFolder(c, junk); err != nil {
-		return err
-	}
-	if err := w.scan(c, junk, true); err != nil {
-		return err
-	}
-	_, err := w.selectFolder(c, w.spec.imap.Mailbox)
-	return err
+	return w.scan(c, w.spec.imap.Mailbox, false)
 }
 
 var probeIDSection = &imap.FetchItemBodySection{
