@@ -140,6 +140,19 @@ type mailSpec struct {
 	Body        string
 	Headers     map[string]string
 	Attachments []string
+	// Delivery, when set, adds a delivery block watching the canary's
+	// mailbox over the lab's IMAP.
+	Delivery *deliverySpec
+}
+
+// deliverySpec is a module's delivery block: the canary account's INBOX,
+// over implicit TLS (LAB_PORT_IMAPS) or STARTTLS (LAB_PORT_IMAP).
+type deliverySpec struct {
+	Port     int
+	Implicit bool
+	// Password is sent inline; otherwise LAB_CANARY_PASSWORD_FILE is read.
+	Password             string
+	LateAfter, LostAfter string // "" for the defaults
 }
 
 // modulesYAML renders a configuration file with the given modules.
@@ -173,6 +186,9 @@ func (l *Lab) modulesYAML(mods map[string]moduleSpec) string {
 		}
 		if m.Mail != nil {
 			m.Mail.render(&b, l.User)
+			if d := m.Mail.Delivery; d != nil {
+				d.render(&b, l)
+			}
 		}
 	}
 	return b.String()
@@ -215,5 +231,26 @@ func (m *mailSpec) render(b *strings.Builder, from string) {
 		for _, path := range m.Attachments {
 			fmt.Fprintf(b, "            - path: %s\n", quote(path))
 		}
+	}
+}
+
+func (d *deliverySpec) render(b *strings.Builder, l *Lab) {
+	tls := "starttls"
+	if d.Implicit {
+		tls = "implicit"
+	}
+	fmt.Fprintf(b, "        delivery:\n          imap:\n            address: %s\n            tls: %s\n", quote(l.Target(d.Port)), tls)
+	fmt.Fprintf(b, "            tls_config:\n              ca_file: %s\n            username: %s\n", quote(l.CA), quote(l.Canary))
+	if d.Password != "" {
+		fmt.Fprintf(b, "            password: %s\n", quote(d.Password))
+	} else {
+		fmt.Fprintf(b, "            password_file: %s\n", quote(l.CanaryPasswordFile))
+	}
+	b.WriteString("            mailbox: INBOX\n")
+	if d.LateAfter != "" {
+		fmt.Fprintf(b, "          late_after: %s\n", d.LateAfter)
+	}
+	if d.LostAfter != "" {
+		fmt.Fprintf(b, "          lost_after: %s\n", d.LostAfter)
 	}
 }
