@@ -169,10 +169,13 @@ func TestDashboardModel(t *testing.T) {
 	}
 
 	// What the mail team looks at: success, latency by phase, reply codes,
-	// failure reasons, certificate expiry, extensions and mechanisms.
+	// failure reasons, certificate expiry, extensions and mechanisms, and
+	// the canaries' delivery: latency and what became of them.
 	for _, name := range []string{
 		"probe_success", "probe_smtp_duration_seconds", "probe_smtp_status_code", "probe_smtp_failure_info",
 		"probe_ssl_earliest_cert_expiry", "probe_smtp_extension_info", "probe_smtp_auth_mechanism_info",
+		"smtp_exporter_delivery_latency_seconds_bucket", "probe_smtp_delivery_last_seconds",
+		"probe_smtp_delivery_delivered_total", "probe_smtp_delivery_junk_total", "probe_smtp_delivery_lost_total",
 	} {
 		if !metricsShown[name] {
 			t.Errorf("no panel shows %s", name)
