@@ -191,7 +191,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	if view == "html" {
-		writeProbePage(w, h.logger, entry)
+		writeProbePage(w, h.logger, entry, newDeliveryStateView(h.delivery, moduleName, entry.ProbeID))
 		return
 	}
 	if params.Get("debug") == "true" {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/smtp-exporter/smtp_exporter/delivery"
 	"github.com/smtp-exporter/smtp_exporter/internal/printable"
 	"github.com/smtp-exporter/smtp_exporter/prober"
 )
@@ -46,8 +47,11 @@ type probePage struct {
 	TLS          tlsView
 	Capabilities capabilities
 	// Delivery is nil when the module sends no canary.
-	Delivery   *deliveryView
-	Transcript []transcriptRow
+	Delivery *deliveryView
+	// DeliveryState is nil unless the module has a delivery block and the
+	// page is the answer to a probe request.
+	DeliveryState *deliveryStateView
+	Transcript    []transcriptRow
 
 	Log          string
 	Metrics      string
@@ -326,6 +330,80 @@ func newDeliveryView(r *prober.Result) *deliveryView {
 		QueueID:            printable.String(r.QueueID),
 		MessageID:          printable.String(r.MessageID),
 	}
+}
+
+// deliveryStateView is what the delivery tracker knows of the module's
+// canaries when the page is rendered: the state across probes, as
+// debug=true shows it, not this probe's alone.
+type deliveryStateView struct {
+	WatcherUp             bool
+	Pending, Late         int
+	Delivered, Junk, Lost uint64
+	// Canaries are the module's recent canaries, newest first.
+	Canaries []canaryRow
+}
+
+// canaryRow is one recent canary. Every string is printable and escaped
+// by the template.
+type canaryRow struct {
+	ProbeID string
+	// ThisProbe marks the canary of the probe the page shows.
+	ThisProbe bool
+	Sent      string
+	// Seen, Latency, ServerLatency and Folder are "" until it is found.
+	Seen, Latency, ServerLatency, Folder string
+	Junk                                 bool
+	State                                string
+	// Class is the stylesheet's class of the state: ok, fail or muted.
+	Class string
+}
+
+// newDeliveryStateView returns the tracker's view of module, nil when the
+// module has no delivery block (or there is no tracker). probeID is the
+// probe the page shows.
+func newDeliveryStateView(t *delivery.Tracker, module, probeID string) *deliveryStateView {
+	if t == nil {
+		return nil
+	}
+	s, ok := t.Status(module)
+	if !ok {
+		return nil
+	}
+	return deliveryStateOf(s, probeID)
+}
+
+// deliveryStateOf is newDeliveryStateView of a Status.
+func deliveryStateOf(s delivery.Status, probeID string) *deliveryStateView {
+	v := &deliveryStateView{
+		WatcherUp: s.WatcherUp, Pending: s.Pending, Late: s.Late,
+		Delivered: s.Delivered, Junk: s.JunkSeen, Lost: s.Lost,
+		Canaries: make([]canaryRow, 0, len(s.Recent)),
+	}
+	for _, c := range s.Recent {
+		row := canaryRow{
+			ProbeID:   printable.String(c.ProbeID),
+			ThisProbe: c.ProbeID == probeID,
+			Sent:      c.Sent.UTC().Format("2006-01-02 15:04:05Z"),
+			State:     c.State,
+			Junk:      c.Junk,
+		}
+		if !c.Seen.IsZero() {
+			row.Seen = c.Seen.UTC().Format("2006-01-02 15:04:05Z")
+			row.Latency = formatDuration(c.Latency)
+			row.ServerLatency = formatDuration(c.ServerLatency)
+			row.Folder = printable.String(c.Folder)
+		}
+		switch c.State {
+		case delivery.StateDelivered:
+			row.Class = "ok"
+		case delivery.StatePending:
+			row.Class = "muted"
+		default:
+			row.Class = "fail"
+		}
+		v.Canaries = append(v.Canaries, row)
+	}
+	return v
 }
 
 // transcriptRow is one line of the SMTP conversation.

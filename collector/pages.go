@@ -58,9 +58,12 @@ func writeHTML(w http.ResponseWriter, logger *slog.Logger, t *template.Template,
 }
 
 // writeProbePage serves the result page of one probe. The /probe handler
-// uses it for view=html, /logs for a browser.
-func writeProbePage(w http.ResponseWriter, logger *slog.Logger, e *Entry) {
-	writeHTML(w, logger, probeTemplate, newProbePage(e, time.Now()))
+// uses it for view=html, with the module's delivery state (nil for none),
+// /logs for a browser.
+func writeProbePage(w http.ResponseWriter, logger *slog.Logger, e *Entry, state *deliveryStateView) {
+	p := newProbePage(e, time.Now())
+	p.DeliveryState = state
+	writeHTML(w, logger, probeTemplate, p)
 }
 
 // Pages serves the human-facing pages: the landing page with a probe form
@@ -319,7 +322,7 @@ func (p *Pages) Logs(w http.ResponseWriter, r *http.Request) {
 	// Whichever form it takes, the answer depends on Accept.
 	w.Header().Add("Vary", "Accept")
 	if html {
-		writeProbePage(w, p.logger, e)
+		writeProbePage(w, p.logger, e, nil)
 		return
 	}
 	writeDebugText(w, p.logger, e)
