@@ -153,8 +153,10 @@ func skipReason(lines []string) string {
 			continue
 		}
 		if _, text, ok := strings.Cut(l, ".go:"); ok {
-			if _, text, ok = strings.Cut(text, ": "); ok {
-				l = text
+			// "file.go:12: reason", or "file.go:12:" for a skip without one.
+			_, l, _ = strings.Cut(text, ":")
+			if l = strings.TrimSpace(l); l == "" {
+				continue
 			}
 		}
 		reason = append(reason, l)

@@ -29,6 +29,7 @@ func TestFail(t *testing.T) { t.Error("the server said no") }
 import "testing"
 
 func TestOnlySkip(t *testing.T) { t.Skipf("needs %s", "promtool") }
+func TestSilentSkip(t *testing.T) { t.Skip() }
 `,
 	}
 	for name, content := range files {
@@ -59,8 +60,9 @@ func TestOnlySkip(t *testing.T) { t.Skipf("needs %s", "promtool") }
 		"--- FAIL: TestFail",
 		"FAIL\texample.net/summary",
 		"ok  \texample.net/summary/b",
-		"2 tests skipped:",
+		"3 tests skipped:",
 		"example.net/summary, 1: no lab: start one\n      TestSkip\n",
+		"example.net/summary/b, 1: (no reason given)\n      TestSilentSkip\n",
 		"example.net/summary/b, 1: needs promtool\n      TestOnlySkip\n",
 	} {
 		if !strings.Contains(got, want) {
