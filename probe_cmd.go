@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -407,7 +406,7 @@ func (rep *probeReport) writeText(out io.Writer) {
 		row("    names", orNone(names))
 		row("    serial", orNone(c.Serial))
 		row("    valid", c.NotBefore.Format(time.RFC3339)+" to "+c.NotAfter.Format(time.RFC3339))
-		row("    expires", expiryText(c, rep.Time))
+		row("    expires", collector.CertificateExpiry(c.NotBefore, c.NotAfter, rep.Time))
 	}
 
 	caps := rep.Capabilities
@@ -461,27 +460,6 @@ func (rep *probeReport) writeText(out io.Writer) {
 		fmt.Fprintln(out, "Transcript (credentials replaced)")
 		io.WriteString(out, rep.transcriptText)
 	}
-}
-
-// expiryText says how long a certificate has left, measured from the
-// probe's start.
-func expiryText(c reportCertificate, now time.Time) string {
-	days := int(math.Abs(c.NotAfter.Sub(now).Hours()) / 24)
-	switch {
-	case c.Expired:
-		return fmt.Sprintf("EXPIRED %s ago", plural(days, "day"))
-	case now.Before(c.NotBefore):
-		return "not valid yet"
-	default:
-		return "in " + plural(days, "day")
-	}
-}
-
-func plural(n int, unit string) string {
-	if n == 1 {
-		return "1 " + unit
-	}
-	return strconv.Itoa(n) + " " + unit + "s"
 }
 
 func yesNo(b bool) string {

@@ -231,17 +231,21 @@ func newCertView(c prober.Certificate, now time.Time) certView {
 		NotAfter:  c.NotAfter.UTC().Format(time.RFC3339),
 		Expired:   now.After(c.NotAfter),
 	}
-	left := c.NotAfter.Sub(now)
-	days := int(math.Abs(left.Hours()) / 24)
-	switch {
-	case v.Expired:
-		v.Expiry = "expired " + plural(days, "day") + " ago"
-	case now.Before(c.NotBefore):
-		v.Expiry = "not valid yet"
-	default:
-		v.Expiry = "in " + plural(days, "day")
-	}
+	v.Expiry = CertificateExpiry(c.NotBefore, c.NotAfter, now)
 	return v
+}
+
+// CertificateExpiry says how long a certificate has left at now, or how
+// long ago it expired: "in 89 days", "expired 3 days ago", "not valid yet".
+func CertificateExpiry(notBefore, notAfter, now time.Time) string {
+	days := int(math.Abs(notAfter.Sub(now).Hours()) / 24)
+	switch {
+	case now.After(notAfter):
+		return "expired " + plural(days, "day") + " ago"
+	case now.Before(notBefore):
+		return "not valid yet"
+	}
+	return "in " + plural(days, "day")
 }
 
 func plural(n int, unit string) string {
@@ -438,8 +442,8 @@ var reasonMeaning = map[prober.Reason]string{
 	prober.ReasonTargetInvalid:        "The target parameter is not host, host:port or [v6]:port.",
 	prober.ReasonTargetNotAllowed:     "The target, or the address it resolved to, is outside the module's allowed_targets; nothing was sent.",
 	prober.ReasonDNS:                  "The target did not resolve, in the preferred IP family or at all.",
-	prober.ReasonCredentials:          "The password_file could not be read.",
-	prober.ReasonMessageUnavailable:   "The canary message could not be built: an attachment is missing or too large.",
+	prober.ReasonCredentials:          "The password_file could not be read: missing, unreadable, not a regular file (a pipe, a device, a directory) or over 64 KiB.",
+	prober.ReasonMessageUnavailable:   "The canary message could not be built: an attachment is missing, not a regular file or too large.",
 	prober.ReasonConnectionRefused:    "The server refused the TCP connection.",
 	prober.ReasonConnectionFailed:     "The connection could not be made: unreachable network or unusable source address.",
 	prober.ReasonConnectionClosed:     "The server closed or reset the connection in the middle of the conversation, outside a TLS handshake.",
@@ -474,7 +478,7 @@ var reasonMeaning = map[prober.Reason]string{
 	// Modern authentication and security posture checks.
 	prober.ReasonServerSignature:          "The SCRAM server did not prove that it knows the password: its signature was wrong.",
 	prober.ReasonTokenRejected:            "The server refused the OAuth bearer token (JSON error status 401 or invalid_token, or a 535): expired, revoked or issued for another account. Further logins wait for auth_failure_backoff.",
-	prober.ReasonTokenUnavailable:         "There was no token to log in with: token_file could not be read or the token endpoint failed.",
+	prober.ReasonTokenUnavailable:         "There was no token to log in with: token_file, client_secret_file or refresh_token_file could not be read (missing, not a regular file, over 64 KiB), or the token endpoint failed.",
 	prober.ReasonAuthOfferedWithoutTLS:    "The server offers AUTH before TLS, and the module fails on that (fail_if_auth_offered_without_tls).",
 	prober.ReasonInsecureMechanism:        "The server offers, before TLS, a mechanism listed in the module's fail_if_mechanisms_offered.",
 	prober.ReasonTLSVersion:               "The server and the module share no TLS version within min_version and max_version.",
