@@ -136,13 +136,20 @@ func (r *redactor) register(value string, public int, cut bool) {
 		public int
 	}
 	forms := []raw{{value, public}}
+	// Most escapes leave a secret as it is: a form already listed is not
+	// listed again.
+	add := func(f raw) {
+		if !slices.Contains(forms, f) {
+			forms = append(forms, f)
+		}
+	}
 	for _, esc := range escapes {
-		forms = append(forms, raw{esc(value), len(esc(value[:public]))})
+		add(raw{esc(value), len(esc(value[:public]))})
 	}
 	for _, enc := range base64Encodings {
 		// Whole groups of three bytes encode alone.
 		whole := public - public%3
-		forms = append(forms, raw{enc.EncodeToString([]byte(value)), len(enc.EncodeToString([]byte(value[:whole])))})
+		add(raw{enc.EncodeToString([]byte(value)), len(enc.EncodeToString([]byte(value[:whole])))})
 	}
 	if public == 0 {
 		// Inside a longer message that is base64 as a whole (a 334
@@ -154,9 +161,9 @@ func (r *redactor) register(value string, public int, cut bool) {
 			for k := 1; k <= 2; k++ {
 				shifted := enc.EncodeToString(append(make([]byte, k), value...))
 				from, to := (8*k+5)/6, 8*(k+len(value))/6
-				forms = append(forms, raw{shifted[from:to], 0})
+				add(raw{shifted[from:to], 0})
 			}
-			forms = append(forms, raw{enc.EncodeToString([]byte(value))[:8*len(value)/6], 0})
+			add(raw{enc.EncodeToString([]byte(value))[:8*len(value)/6], 0})
 		}
 	}
 	r.mu.Lock()
@@ -213,11 +220,17 @@ func skeleton(s string, pos *[]int, ends *[]int) []byte {
 			*ends = append(*ends, len(skel))
 		}
 	}
+	if pos != nil {
+		*pos = slices.Grow(*pos, len(s))
+	}
 	for i := 0; i < len(s); {
-		r, size := utf8.DecodeRuneInString(s[i:])
+		r, size := rune(s[i]), 1
+		if r >= utf8.RuneSelf {
+			r, size = utf8.DecodeRuneInString(s[i:])
+		}
 		switch {
 		case r == '\n' || r == '\r' || r == '\t' || r == ' ' || r == '"' || r == '\'' || r == '`' || r == '…' ||
-			strings.HasPrefix(s[i:], "..."):
+			r == '.' && strings.HasPrefix(s[i:], "..."):
 			end()
 		}
 		if !skipped(r, size) {
@@ -260,8 +273,8 @@ func (r *redactor) redactOnce(raw string) string {
 	if len(forms) == 0 {
 		return raw
 	}
-	var pos, ends []int
-	skel := skeleton(raw, &pos, &ends)
+	var ends []int
+	skel := skeleton(raw, nil, &ends)
 	var hit []bool
 	mark := func(from, to int) {
 		if hit == nil {
@@ -278,6 +291,9 @@ func (r *redactor) redactOnce(raw string) string {
 	if hit == nil {
 		return raw
 	}
+	// Where each byte of skel is in raw matters only to cut out a hit.
+	var pos []int
+	skeleton(raw, &pos, nil)
 	var b strings.Builder
 	done := 0
 	for k := 0; k < len(skel); {
@@ -362,6 +378,18 @@ func (f *secretForm) scan(skel []byte, ends []int, mark func(from, to int)) {
 		}
 		if i == len(skel) {
 			return
+		}
+		if q == 0 {
+			// Nothing is found before the form's first byte, and no word
+			// end cuts it off before that.
+			j := bytes.IndexByte(skel[i:], f.text[0])
+			if j < 0 {
+				return
+			}
+			i += j
+			for len(ends) > 0 && ends[0] <= i {
+				ends = ends[1:]
+			}
 		}
 		for q > 0 && skel[i] != f.text[q] {
 			q = f.next[q-1]
