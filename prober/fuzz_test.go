@@ -365,37 +365,82 @@ func FuzzScrub(f *testing.F) {
 			embedded = base64.StdEncoding.EncodeToString([]byte(before + secret + after))
 		}
 		text := before + embedded + after
-		tr := newTranscript(time.Now(), slog.New(slog.DiscardHandler))
-		tr.addSecret(secret)
 		// What must not show: the secret's skeleton, 8 bytes of its start,
 		// and its registered forms.
 		skel := string(skeleton(secret, nil, nil))
 		if len(skel) < minCutPrefix {
 			t.Skip()
 		}
-		var lines []string
-		for _, l := range strings.Split(text, "\r\n") {
-			lines = append(lines, "535-"+l)
-		}
-		for _, l := range lines {
-			tr.server(l)
-		}
-		tr.replyDone(535)
-		outputs := []string{tr.red.redact(text), tr.red.show(text, int(max)), tr.red.quote(text, int(max)), tr.red.clip(text, int(max)), transcriptText(&Result{Transcript: tr.lines})}
-		for _, out := range outputs {
-			if string(skeleton(out, nil, nil)) != out {
-				// Compare what matching sees, so that a skipped character
-				// cannot hide a leak from the check.
-				out = string(skeleton(out, nil, nil))
+		// render gives every output of text, with secrets registered, as
+		// the characters a reader sees, compared as matching sees them: an
+		// escape stands for its character (the digits of "\x00" next to a
+		// run of zeros are no secret, and "\"" in a quoted secret must not
+		// hide it), and a skipped character cannot hide a leak.
+		render := func(text string, secrets ...string) []string {
+			tr := newTranscript(time.Now(), slog.New(slog.DiscardHandler))
+			for _, s := range secrets {
+				tr.addSecret(s)
 			}
-			if strings.Contains(out, skel) {
+			for _, l := range strings.Split(text, "\r\n") {
+				tr.server("535-" + l)
+			}
+			tr.replyDone(535)
+			outputs := []string{tr.red.redact(text), tr.red.show(text, int(max)), tr.red.quote(text, int(max)), tr.red.clip(text, int(max)), transcriptText(&Result{Transcript: tr.lines})}
+			for i, out := range outputs {
+				outputs[i] = string(skeleton(unescapeGo(out), nil, nil))
+			}
+			return outputs
+		}
+		// The text around the secret may spell it, or join an opening
+		// quote or an escape into it, by itself: what the outputs of that
+		// text alone show is no leak.
+		baseline := render(before + "<redacted>" + after)
+		quoted := strconv.Quote(secret)
+		forms := []string{quoted[1 : len(quoted)-1], strings.TrimRight(base64.StdEncoding.EncodeToString([]byte(secret)), "=")}
+		for i, out := range render(text, secret) {
+			if strings.Count(out, skel) > strings.Count(baseline[i], skel) {
 				t.Fatalf("secret %q shown in %q (text %q)", secret, out, text)
 			}
-			for _, form := range []string{strconv.Quote(secret), base64.StdEncoding.EncodeToString([]byte(secret))} {
-				if inner := strings.Trim(form, "\"="); len(inner) >= minSecretLen && strings.Contains(out, inner) {
-					t.Fatalf("form %q of secret %q shown in %q", inner, secret, out)
+			for _, form := range forms {
+				if len(form) >= minSecretLen && strings.Count(out, form) > strings.Count(baseline[i], form) {
+					t.Fatalf("form %q of secret %q shown in %q", form, secret, out)
 				}
 			}
 		}
 	})
+}
+
+// unescapeGo replaces the escapes strconv.Quote and the redactor's output
+// write (\xNN, \uNNNN, \UNNNNNNNN, \", \\ and the single-letter ones) by
+// the characters they stand for; anything else is kept as it is.
+func unescapeGo(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '\\' || i+1 == len(s) {
+			b.WriteByte(s[i])
+			continue
+		}
+		digits := map[byte]int{'x': 2, 'u': 4, 'U': 8}[s[i+1]]
+		if digits > 0 && i+2+digits <= len(s) {
+			if n, err := strconv.ParseUint(s[i+2:i+2+digits], 16, 32); err == nil {
+				if s[i+1] == 'x' {
+					b.WriteByte(byte(n))
+				} else {
+					b.WriteRune(rune(n))
+				}
+				i += 1 + digits
+				continue
+			}
+		}
+		if c, ok := map[byte]byte{'"': '"', '\\': '\\', 'n': '\n', 'r': '\r', 't': '\t', 'a': '\a', 'b': '\b', 'f': '\f', 'v': '\v'}[s[i+1]]; ok {
+			b.WriteByte(c)
+			i++
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
