@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"log/slog"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -475,4 +477,43 @@ func TestGateSlots(t *testing.T) {
 		t.Errorf("second probe: %v, want errBusy", err)
 	}
 	close(release)
+}
+
+// Through the handler: a request whose own deadline passes while it waits
+// for another request's probe of the same module and address answers with
+// a timeout of its own, says why, and adds nothing to the history.
+func TestHandlerWaiterPastItsDeadline(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	blocking := func(ctx context.Context, _ prober.Target, _ config.Module, _ string, _ *slog.Logger) *prober.Result {
+		close(entered)
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return successResult(nil)
+	}
+	env := newTestEnv(t, HandlerOpts{Probe: blocking})
+	first := make(chan string, 1)
+	go func() { first <- env.get(t, env.handler, "target=a.example&module=relay", nil).Body.String() }()
+	<-entered
+
+	short := http.Header{}
+	short.Set(scrapeTimeoutHeader, "0.2")
+	body := env.get(t, env.handler, "target=a.example&module=relay&debug=true", short).Body.String()
+	for _, want := range []string{
+		"Timed out waiting for a concurrent probe of the same module and address",
+		`probe_smtp_failure_info{phase="setup",reason="timeout"} 1`,
+		"probe_success 0\n",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("the waiter's answer lacks %q:\n%s", want, body)
+		}
+	}
+	close(release)
+	if body := <-first; !strings.Contains(body, "probe_success 1\n") {
+		t.Errorf("the probe's own request:\n%s", body)
+	}
+	if n := len(env.history.List()); n != 1 {
+		t.Errorf("history holds %d probes, want the 1 that ran", n)
+	}
 }

@@ -294,20 +294,22 @@ func (h *Handler) gateRequest(module config.Module, moduleName string, text modu
 // for this request is in the history; an answer that stands in for one
 // says so at the top of its log, and in its age.
 func (h *Handler) present(ans Answer, target, moduleName string, module config.Module, text moduleText, timeout time.Duration) *Entry {
-	log := h.logger.With("module", moduleName, "target", target)
 	if ans.Released {
-		log.Info("Releasing the hold on the account's logins: its credentials changed")
+		h.logger.Info("Releasing the hold on the account's logins: its credentials changed", "module", moduleName, "target", target)
 	}
 	if ans.Provenance == Fresh {
 		return ans.Entry
 	}
+	// Only answers that stand in for a probe log here; a fresh probe has
+	// logged its own lines.
+	log := h.logger.With("module", moduleName, "target", target)
 	now := time.Now()
 	var entry Entry
 	switch {
 	case ans.Entry != nil:
 		entry = *ans.Entry
 	case ans.Provenance == Held:
-		entry = heldEntry(ans.Hold, moduleName, target, module, timeout, now)
+		entry = heldEntry(ans.Hold, moduleName, target, module, timeout)
 	default:
 		entry = abandonedEntry(moduleName, target, module, timeout, now)
 		log.Warn("Timed out waiting for a concurrent probe of the same module and address")

@@ -59,7 +59,7 @@ func ago(d time.Duration) string { return d.Round(100 * time.Millisecond).String
 // heldEntry is the result of a request held by a refusal of another module
 // or address of the same account: the module's phases, none run, and the
 // failure that started the hold, in phase auth with its reply code.
-func heldEntry(h *Hold, moduleName, target string, module config.Module, timeout time.Duration, now time.Time) Entry {
+func heldEntry(h *Hold, moduleName, target string, module config.Module, timeout time.Duration) Entry {
 	result := plannedResult(module)
 	for i := range result.Phases {
 		if p := &result.Phases[i]; p.Phase == prober.PhaseAuth {
