@@ -36,8 +36,8 @@ func parseTargetRule(entry string) (targetRule, error) {
 	if p, ok := strings.CutPrefix(e, "*:"); ok {
 		// Any host, on this port only: a module meant for any MX cannot
 		// be pointed at the other services of a network.
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 1 || n > 65535 {
+		n, ok := parsePort(p)
+		if !ok {
 			return targetRule{}, fmt.Errorf("%q: invalid port %q", entry, p)
 		}
 		return targetRule{any: true, port: n}, nil
@@ -66,8 +66,8 @@ func parseTargetRule(entry string) (targetRule, error) {
 	}
 	host, port := e, 0
 	if h, p, err := net.SplitHostPort(e); err == nil {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 1 || n > 65535 {
+		n, ok := parsePort(p)
+		if !ok {
 			return targetRule{}, fmt.Errorf("%q: invalid port %q", entry, p)
 		}
 		host, port = h, n
@@ -79,6 +79,12 @@ func parseTargetRule(entry string) (targetRule, error) {
 		return targetRule{}, fmt.Errorf("%q is not a host name, host:port, IP address or CIDR prefix", entry)
 	}
 	return targetRule{host: normalizeHost(host), port: port}, nil
+}
+
+// parsePort parses a TCP port number, 1 to 65535.
+func parsePort(s string) (int, bool) {
+	n, err := strconv.Atoi(s)
+	return n, err == nil && n >= 1 && n <= 65535
 }
 
 func normalizeHost(h string) string {

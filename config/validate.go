@@ -382,7 +382,7 @@ func (i *IMAP) validate(path []string) error {
 	if err != nil || host == "" || ContainsControl(i.Address) {
 		return fieldErr(append(path, "address"), "%q is not host:port", i.Address)
 	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+	if _, ok := parsePort(port); !ok {
 		return fieldErr(append(path, "address"), "%q: invalid port %q", i.Address, port)
 	}
 	switch i.TLS {
