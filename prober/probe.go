@@ -207,6 +207,12 @@ func (p *probe) finish(ph Phase, start time.Time, rep *Reply) {
 // fail records the first failure; later ones (during the closing QUIT) are
 // only logged. It returns false so that steps can `return p.fail(...)`.
 func (p *probe) fail(ph Phase, reason Reason, err error) bool {
+	// A server closes the session after a 421, whatever reason the reply
+	// is counted under (auth_throttled too): no QUIT. Looked at before the
+	// redaction, which may replace the typed error.
+	if re, ok := errors.AsType[*ReplyError](err); ok && re.Code == 421 {
+		p.broken = true
+	}
 	// Each part of the text that came from elsewhere was redacted before
 	// it was quoted or cut; this redacts the whole once more, and keeps the
 	// typed error for errors.As only while its text shows no secret.

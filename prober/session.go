@@ -62,11 +62,6 @@ func (p *probe) auth() bool {
 		if reason == ReasonTokenRejected && p.oauth != nil {
 			oauthTokens.forget(p.ctx, p.oauth.key, p.token)
 		}
-		if rep != nil && rep.Code == 421 {
-			// The server closes the session after a 421, throttling or
-			// not: no QUIT.
-			p.broken = true
-		}
 		if p.smtp.ExpectAuthRejected && reason.RefusesCredentials() {
 			p.tr.note("AUTH refused, as expect_auth_rejected requires")
 			p.logger.Info("Authentication refused, as expected", "reason", reason, "err", p.tr.red.redactError(err))
