@@ -2,8 +2,6 @@ package collector
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -55,10 +53,6 @@ func BenchmarkGateStoreFull(b *testing.B) {
 // servers would.
 func freshCertServer(t testing.TB, size int) *smtptest.Server {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
 	padding, err := asn1.Marshal(make([]byte, size))
 	if err != nil {
 		t.Fatal(err)
@@ -68,19 +62,19 @@ func freshCertServer(t testing.TB, size int) *smtptest.Server {
 		if err != nil {
 			return tls.Certificate{}, err
 		}
-		tmpl := &x509.Certificate{
+		cert, err := smtptest.NewCertificate(&x509.Certificate{
 			SerialNumber: serial,
 			Subject:      pkix.Name{CommonName: "mx-" + serial.String() + ".example.net"},
 			DNSNames:     []string{"mx-" + serial.String() + ".example.net"},
-			NotBefore:    time.Now().Add(-time.Hour),
-			NotAfter:     time.Now().Add(24 * time.Hour),
 			ExtraExtensions: []pkix.Extension{{
 				Id:    asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 55555, 1}, // private, non-critical
 				Value: padding,
 			}},
+		}, nil)
+		if err != nil {
+			return tls.Certificate{}, err
 		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-		return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, err
+		return cert.TLS(), nil
 	}
 	return smtptest.NewScripted(t, func(c *smtptest.Conn) {
 		c.Reply(220, "mx.example.net ESMTP")

@@ -2,18 +2,11 @@ package delivery
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -26,6 +19,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
 
 	"github.com/smtp-exporter/smtp_exporter/config"
+	"github.com/smtp-exporter/smtp_exporter/internal/smtptest"
 	"github.com/smtp-exporter/smtp_exporter/prober/message"
 )
 
@@ -90,12 +84,9 @@ func (l trackingListener) Accept() (net.Conn, error) {
 
 func newIMAPLab(t testing.TB, caps ...imap.Cap) *imapLab {
 	t.Helper()
-	cert, caPEM := testCertificate(t)
-	lab := &imapLab{t: t, tls: &tls.Config{Certificates: []tls.Certificate{cert}}}
-	lab.caFile = filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(lab.caFile, caPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	certs := smtptest.Certs()
+	lab := &imapLab{t: t, tls: &tls.Config{Certificates: []tls.Certificate{certs.Server}}}
+	lab.caFile = certs.WriteCAFile(t)
 	mem := imapmemserver.New()
 	lab.user = imapmemserver.NewUser(testUser, testPassword)
 	if err := lab.user.Create("INBOX", nil); err != nil {
@@ -188,38 +179,6 @@ func (l *imapLab) messages(folder string) []inspected {
 		out = append(out, inspected{Subject: m.Envelope.Subject, Flags: m.Flags})
 	}
 	return out
-}
-
-func testCertificate(t testing.TB) (tls.Certificate, []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "imap test"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
-		DNSNames:              []string{"localhost"},
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, _ := x509.MarshalECPrivateKey(key)
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert, certPEM
 }
 
 // moduleYAML is a canary module watching the lab's INBOX.

@@ -1,14 +1,10 @@
 package prober
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"math/big"
 	"net"
@@ -25,48 +21,15 @@ import (
 	"github.com/smtp-exporter/smtp_exporter/internal/smtptest"
 )
 
-// testIssuer is a certificate made in the test with its key, so that it can
-// sign others.
-type testIssuer struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
-
 // newTestCertificate signs tmpl with parent, or self-signs it as a CA when
 // parent is nil.
-func newTestCertificate(t testing.TB, tmpl *x509.Certificate, parent *testIssuer) *testIssuer {
+func newTestCertificate(t testing.TB, tmpl *x509.Certificate, parent *smtptest.Issuer) *smtptest.Issuer {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	c, err := smtptest.NewCertificate(tmpl, parent)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tmpl.SerialNumber == nil {
-		tmpl.SerialNumber = big.NewInt(1)
-	}
-	if tmpl.NotBefore.IsZero() {
-		tmpl.NotBefore = time.Now().Add(-time.Hour)
-	}
-	if tmpl.NotAfter.IsZero() {
-		tmpl.NotAfter = time.Now().Add(24 * time.Hour)
-	}
-	signer, signerKey := tmpl, key
-	if parent == nil {
-		tmpl.IsCA, tmpl.BasicConstraintsValid = true, true
-		tmpl.KeyUsage |= x509.KeyUsageCertSign
-	} else {
-		signer, signerKey = parent.cert, parent.key
-		tmpl.KeyUsage |= x509.KeyUsageDigitalSignature
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, signer, &key.PublicKey, signerKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testIssuer{cert: cert, key: key}
+	return c
 }
 
 // paddingNames are enough DNS names to make a certificate of about 200
@@ -91,14 +54,14 @@ func largeServerCertificate(t testing.TB) (tls.Certificate, string) {
 		DNSNames:     append([]string{"localhost"}, paddingNames()...),
 		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
 	}, ca)
-	if n := len(leaf.cert.Raw); n < 190<<10 {
+	if n := len(leaf.Cert.Raw); n < 190<<10 {
 		t.Fatalf("padded certificate is only %d bytes", n)
 	}
 	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw}), 0o600); err != nil {
+	if err := os.WriteFile(caFile, ca.PEM(), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return tls.Certificate{Certificate: [][]byte{leaf.cert.Raw, ca.cert.Raw}, PrivateKey: leaf.key, Leaf: leaf.cert}, caFile
+	return leaf.TLS(ca), caFile
 }
 
 // TestSummarizeTLS checks each value against the certificates it came
@@ -123,10 +86,10 @@ func TestSummarizeTLS(t *testing.T) {
 		Version:          tls.VersionTLS13,
 		CipherSuite:      tls.TLS_AES_128_GCM_SHA256,
 		ServerName:       "mail.example.net",
-		PeerCertificates: []*x509.Certificate{leaf.cert, nil, interA.cert},
+		PeerCertificates: []*x509.Certificate{leaf.Cert, nil, interA.Cert},
 		VerifiedChains: [][]*x509.Certificate{
-			{leaf.cert, interA.cert, rootA.cert},
-			{leaf.cert, interB.cert, rootB.cert},
+			{leaf.Cert, interA.Cert, rootA.Cert},
+			{leaf.Cert, interB.Cert, rootB.Cert},
 		},
 	}
 	session, certs := summarizeTLS(state, state.PeerCertificates)
@@ -143,19 +106,19 @@ func TestSummarizeTLS(t *testing.T) {
 		t.Fatalf("%d certificates kept, want the leaf and the intermediate (nil skipped)", len(certs))
 	}
 	wantLeaf := Certificate{
-		Fingerprint: sha256.Sum256(leaf.cert.Raw),
+		Fingerprint: sha256.Sum256(leaf.Cert.Raw),
 		Subject:     "CN=mail.example.net,O=Test",
 		Issuer:      "CN=Intermediate A",
 		DNSNames:    []string{"mail.example.net", "smtp.example.net"},
 		IPAddresses: []netip.Addr{netip.MustParseAddr("192.0.2.25"), netip.MustParseAddr("2001:db8::25")},
 		Serial:      "0abc",
-		NotBefore:   leaf.cert.NotBefore,
+		NotBefore:   leaf.Cert.NotBefore,
 		NotAfter:    leafExpiry,
 	}
 	if !reflect.DeepEqual(certs[0], wantLeaf) {
 		t.Errorf("leaf = %+v\nwant %+v", certs[0], wantLeaf)
 	}
-	if certs[1].Subject != "CN=Intermediate A" || certs[1].Fingerprint != sha256.Sum256(interA.cert.Raw) {
+	if certs[1].Subject != "CN=Intermediate A" || certs[1].Fingerprint != sha256.Sum256(interA.Cert.Raw) {
 		t.Errorf("intermediate = %+v", certs[1])
 	}
 
@@ -165,7 +128,7 @@ func TestSummarizeTLS(t *testing.T) {
 		t.Errorf("unverified session = %+v", session)
 	}
 	// Verification failed: no session, the certificates still.
-	if session, certs := summarizeTLS(nil, []*x509.Certificate{leaf.cert}); session != nil || len(certs) != 1 {
+	if session, certs := summarizeTLS(nil, []*x509.Certificate{leaf.Cert}); session != nil || len(certs) != 1 {
 		t.Errorf("failed verification: session %v, %d certificates", session, len(certs))
 	}
 }
@@ -181,9 +144,9 @@ func TestSummarizeTLSBounds(t *testing.T) {
 		DNSNames:    names,
 		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
 	}, ca)
-	chain := []*x509.Certificate{leaf.cert}
+	chain := []*x509.Certificate{leaf.Cert}
 	for range 29 {
-		chain = append(chain, ca.cert)
+		chain = append(chain, ca.Cert)
 	}
 	_, certs := summarizeTLS(nil, chain)
 	if len(certs) != maxCertificates {

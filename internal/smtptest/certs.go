@@ -70,9 +70,65 @@ func (c *CertSet) WriteCAFile(t testing.TB) string {
 	return path
 }
 
-type issuer struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
+// Issuer is a certificate made in-process with its key, so that it can
+// sign others.
+type Issuer struct {
+	Cert *x509.Certificate
+	Key  *ecdsa.PrivateKey
+}
+
+// NewCertificate signs tmpl with parent, or self-signs it as a CA when
+// parent is nil, with a new P-256 key. An unset serial number is random, and
+// an unset validity runs from an hour ago to a day ahead. For tests that
+// need a certificate of their own (a large one, a new one at every
+// handshake, a chain with chosen dates); Certs covers the common cases.
+func NewCertificate(tmpl *x509.Certificate, parent *Issuer) (*Issuer, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	if tmpl.SerialNumber == nil {
+		tmpl.SerialNumber = randomSerial()
+	}
+	if tmpl.NotBefore.IsZero() {
+		tmpl.NotBefore = time.Now().Add(-time.Hour)
+	}
+	if tmpl.NotAfter.IsZero() {
+		tmpl.NotAfter = time.Now().Add(24 * time.Hour)
+	}
+	signer, signerKey := tmpl, key
+	if parent == nil {
+		tmpl.IsCA, tmpl.BasicConstraintsValid = true, true
+		tmpl.KeyUsage |= x509.KeyUsageCertSign
+	} else {
+		signer, signerKey = parent.Cert, parent.Key
+		tmpl.KeyUsage |= x509.KeyUsageDigitalSignature
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, signer, &key.PublicKey, signerKey)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return &Issuer{Cert: cert, Key: key}, nil
+}
+
+// TLS is the certificate with its key, as a server presents it, followed
+// by chain.
+func (c *Issuer) TLS(chain ...*Issuer) tls.Certificate {
+	out := tls.Certificate{Certificate: [][]byte{c.Cert.Raw}, PrivateKey: c.Key, Leaf: c.Cert}
+	for _, ca := range chain {
+		out.Certificate = append(out.Certificate, ca.Cert.Raw)
+	}
+	return out
+}
+
+// PEM is the certificate in PEM form, as tls_config.ca_file expects it.
+func (c *Issuer) PEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Cert.Raw})
 }
 
 func newCertSet() (*CertSet, error) {
@@ -86,11 +142,11 @@ func newCertSet() (*CertSet, error) {
 		return nil, err
 	}
 	set := &CertSet{
-		CA:    ca.cert,
-		CAPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw}),
+		CA:    ca.Cert,
+		CAPEM: ca.PEM(),
 		Pool:  x509.NewCertPool(),
 	}
-	set.Pool.AddCert(ca.cert)
+	set.Pool.AddCert(ca.Cert)
 
 	day := 24 * time.Hour
 	if set.Server, err = newLeaf(ca, "localhost", LoopbackNames, now.Add(-day), now.Add(365*day)); err != nil {
@@ -108,43 +164,20 @@ func newCertSet() (*CertSet, error) {
 	return set, nil
 }
 
-func newCA(name string, now time.Time) (issuer, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return issuer{}, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          randomSerial(),
-		Subject:               pkix.Name{CommonName: name, Organization: []string{"smtp_exporter tests"}},
-		NotBefore:             now.Add(-48 * time.Hour),
-		NotAfter:              now.Add(10 * 365 * 24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return issuer{}, err
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return issuer{}, err
-	}
-	return issuer{cert: cert, key: key}, nil
+func newCA(name string, now time.Time) (*Issuer, error) {
+	return NewCertificate(&x509.Certificate{
+		Subject:   pkix.Name{CommonName: name, Organization: []string{"smtp_exporter tests"}},
+		NotBefore: now.Add(-48 * time.Hour),
+		NotAfter:  now.Add(10 * 365 * 24 * time.Hour),
+		KeyUsage:  x509.KeyUsageCRLSign,
+	}, nil)
 }
 
-func newLeaf(ca issuer, cn string, names []string, notBefore, notAfter time.Time) (tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
+func newLeaf(ca *Issuer, cn string, names []string, notBefore, notAfter time.Time) (tls.Certificate, error) {
 	tmpl := &x509.Certificate{
-		SerialNumber: randomSerial(),
-		Subject:      pkix.Name{CommonName: cn, Organization: []string{"smtp_exporter tests"}},
-		NotBefore:    notBefore,
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		Subject:   pkix.Name{CommonName: cn, Organization: []string{"smtp_exporter tests"}},
+		NotBefore: notBefore,
+		NotAfter:  notAfter,
 	}
 	for _, n := range names {
 		if ip := net.ParseIP(n); ip != nil {
@@ -153,19 +186,11 @@ func newLeaf(ca issuer, cn string, names []string, notBefore, notAfter time.Time
 			tmpl.DNSNames = append(tmpl.DNSNames, n)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	leaf, err := NewCertificate(tmpl, ca)
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	return tls.Certificate{
-		Certificate: [][]byte{der, ca.cert.Raw},
-		PrivateKey:  key,
-		Leaf:        leaf,
-	}, nil
+	return leaf.TLS(ca), nil
 }
 
 func randomSerial() *big.Int {
