@@ -105,7 +105,6 @@ type Tracker struct {
 type moduleState struct {
 	late, lost time.Duration
 	key        string // its watcher's
-	backoff    time.Duration
 
 	pending  map[string]*canary
 	finished map[string]*canary // seen or lost, kept to delete copies
@@ -353,9 +352,8 @@ type watchSpec struct {
 func (t *Tracker) Apply(cfg *config.Config) {
 	specs := map[string]watchSpec{}
 	type modCfg struct {
-		d       *config.Delivery
-		key     string
-		backoff time.Duration
+		d   *config.Delivery
+		key string
 	}
 	mods := map[string]modCfg{}
 	names := make([]string, 0, len(cfg.Modules))
@@ -369,11 +367,12 @@ func (t *Tracker) Apply(cfg *config.Config) {
 			continue
 		}
 		d := m.SMTP.Mail.Delivery
-		key := specKey(d.IMAP, time.Duration(m.AuthFailureBackoff))
+		backoff := time.Duration(m.AuthFailureBackoff)
+		key := specKey(d.IMAP, backoff)
 		if _, ok := specs[key]; !ok {
-			specs[key] = watchSpec{key: key, imap: d.IMAP, backoff: time.Duration(m.AuthFailureBackoff), module: name}
+			specs[key] = watchSpec{key: key, imap: d.IMAP, backoff: backoff, module: name}
 		}
-		mods[name] = modCfg{d: d, key: key, backoff: time.Duration(m.AuthFailureBackoff)}
+		mods[name] = modCfg{d: d, key: key}
 	}
 
 	t.mu.Lock()
@@ -393,7 +392,7 @@ func (t *Tracker) Apply(cfg *config.Config) {
 			t.modules[name] = m
 		}
 		m.late, m.lost = time.Duration(mc.d.LateAfter), time.Duration(mc.d.LostAfter)
-		m.key, m.backoff = mc.key, mc.backoff
+		m.key = mc.key
 	}
 	var stop []*watcher
 	for key, w := range t.watchers {
@@ -436,7 +435,7 @@ func (t *Tracker) Stop() {
 	}
 }
 
-// watcherCount is for tests.
+// watcherKeys is for tests.
 func (t *Tracker) watcherKeys() []string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
