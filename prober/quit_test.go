@@ -12,32 +12,14 @@ import (
 // succeeds, and it waits quitWait for the 221, not its whole timeout.
 func TestQuitNotAnswered(t *testing.T) {
 	t.Parallel()
-	srv := smtptest.NewScripted(t, func(c *smtptest.Conn) {
-		if c.Reply(220, "quiet.test ESMTP") != nil {
-			return
-		}
-		for {
-			line, err := c.ReadLine()
-			if err != nil {
-				return
-			}
-			verb, _, _ := strings.Cut(line, " ")
-			switch strings.ToUpper(verb) {
-			case "EHLO":
-				err = c.Reply(250, "quiet.test", "AUTH PLAIN")
-			case "AUTH":
-				err = c.WriteLine("235 2.7.0 Authentication successful")
-			case "QUIT":
-				c.WaitClosed()
-				return
-			default:
-				err = c.WriteLine("502 5.5.2 Error: command not recognized")
-			}
-			if err != nil {
-				return
-			}
-		}
-	})
+	srv := smtptest.NewScripted(t, smtptest.AuthSession{
+		Host:       "quiet.test",
+		Extensions: []string{"AUTH PLAIN"},
+		Auth: func(c *smtptest.Conn, _ string) bool {
+			return c.WriteLine("235 2.7.0 Authentication successful") == nil
+		},
+		Quit: (*smtptest.Conn).WaitClosed,
+	}.Handle)
 	m := loadModule(t, moduleSpec{TLS: "none", Mechanism: "PLAIN", AllowPlaintext: true, Timeout: "10s"})
 	start := time.Now()
 	r, log := runProbe(t, target(srv), m)
@@ -74,24 +56,11 @@ func TestQuitNotAnswered(t *testing.T) {
 // fails a probe that did its work.
 func TestQuitNotAnsweredNearDeadline(t *testing.T) {
 	t.Parallel()
-	srv := smtptest.NewScripted(t, func(c *smtptest.Conn) {
-		if c.Reply(220, "quiet.test ESMTP") != nil {
-			return
-		}
-		for {
-			line, err := c.ReadLine()
-			if err != nil {
-				return
-			}
-			if strings.HasPrefix(line, "QUIT") {
-				c.WaitClosed()
-				return
-			}
-			if c.Reply(250, "quiet.test") != nil {
-				return
-			}
-		}
-	})
+	srv := smtptest.NewScripted(t, smtptest.AuthSession{
+		Host:  "quiet.test",
+		Other: "250 quiet.test",
+		Quit:  (*smtptest.Conn).WaitClosed,
+	}.Handle)
 	m := loadModule(t, moduleSpec{TLS: "none", Timeout: "300ms"})
 	r, log := runProbe(t, target(srv), m)
 	requireSuccess(t, r, log)

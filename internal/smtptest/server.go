@@ -393,14 +393,18 @@ func NewReplyServer(t testing.TB, greeting string, replies map[string]string) *S
 
 // AuthSession scripts a server for tests of one AUTH exchange: it greets
 // as Host, offers Extensions after Host in its EHLO reply, hands every AUTH
-// command to Auth, says 221 to QUIT, and answers any other command with
-// Other. The test writes only the exchange itself.
+// command to Auth, says 221 to QUIT (or hands it to Quit), and answers any
+// other command with Other. The test writes only the exchange itself.
 type AuthSession struct {
 	Host       string
 	Extensions []string
 	// Auth carries out one exchange from the argument of the AUTH command
 	// (mechanism and initial response); it returns false to end the session.
+	// Without Auth, AUTH is answered with Other.
 	Auth func(c *Conn, arg string) bool
+	// Quit, when set, takes QUIT instead of the 221, as the session's last
+	// step: a server that never answers it, for one.
+	Quit func(c *Conn)
 	// Other is the raw reply line to every other command; by default
 	// "502 5.5.2 Error: command not recognized".
 	Other string
@@ -425,11 +429,17 @@ func (s AuthSession) Handle(c *Conn) {
 		case "EHLO":
 			err = c.Reply(250, append([]string{s.Host}, s.Extensions...)...)
 		case "AUTH":
-			if !s.Auth(c, arg) {
+			if s.Auth == nil {
+				err = c.WriteLine(other)
+			} else if !s.Auth(c, arg) {
 				return
 			}
 		case "QUIT":
-			c.Reply(221, "2.0.0 Bye")
+			if s.Quit != nil {
+				s.Quit(c)
+			} else {
+				c.Reply(221, "2.0.0 Bye")
+			}
 			return
 		default:
 			err = c.WriteLine(other)

@@ -260,3 +260,31 @@ func TestResetSendsRST(t *testing.T) {
 		t.Errorf("read after Reset: %v, want connection reset", err)
 	}
 }
+
+// Without Auth, AUTH gets Other; with Quit, QUIT goes to it and no 221 is
+// written.
+func TestAuthSessionWithoutAuthAndWithQuit(t *testing.T) {
+	t.Parallel()
+	quit := make(chan struct{})
+	s := NewScripted(t, AuthSession{
+		Host:  "quiet.test",
+		Other: "250 quiet.test",
+		Quit:  func(c *Conn) { close(quit); c.WaitClosed() },
+	}.Handle)
+	c := dial(t, s)
+	if ehlo := c.send("EHLO test", 250); ehlo != "quiet.test" {
+		t.Errorf("EHLO reply %q, want quiet.test alone", ehlo)
+	}
+	c.send("AUTH PLAIN", 250)
+	if err := c.PrintfLine("QUIT"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-quit:
+	case <-time.After(5 * time.Second):
+		t.Fatal("QUIT not handed to Quit")
+	}
+	if line, err := c.ReadLine(); err == nil {
+		t.Errorf("reply %q to QUIT, want none", line)
+	}
+}
