@@ -186,7 +186,7 @@ func (t *Tracker) Status(module string) (Status, bool) {
 		return Status{}, false
 	}
 	now := t.now()
-	t.sweepLocked(now)
+	t.sweepModuleLocked(module, m, now)
 	s := Status{
 		Pending:   len(m.pending),
 		Delivered: m.delivered,
@@ -278,12 +278,16 @@ func (t *Tracker) sweep() {
 
 func (t *Tracker) sweepLocked(now time.Time) {
 	for name, m := range t.modules {
-		for _, c := range m.pending {
-			if now.Sub(c.Sent) >= m.lost {
-				m.lose(c)
-				t.logger.Warn("Canary lost: not found within lost_after", "module", name, "probe_id", c.ProbeID,
-					"lost_after", m.lost.String())
-			}
+		t.sweepModuleLocked(name, m, now)
+	}
+}
+
+func (t *Tracker) sweepModuleLocked(name string, m *moduleState, now time.Time) {
+	for _, c := range m.pending {
+		if now.Sub(c.Sent) >= m.lost {
+			m.lose(c)
+			t.logger.Warn("Canary lost: not found within lost_after", "module", name, "probe_id", c.ProbeID,
+				"lost_after", m.lost.String())
 		}
 	}
 }
