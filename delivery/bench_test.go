@@ -42,3 +42,34 @@ func BenchmarkDelivery(b *testing.B) {
 	b.ReportMetric(total.Seconds()/float64(b.N)*1000, "ms/canary")
 	b.ReportMetric(heap, "watcher-heap-bytes")
 }
+
+// BenchmarkStatusWithoutDelivery is what every probe of a module without a
+// delivery block pays to learn it has none, from many scrapes at once,
+// while the tracker watches another module.
+func BenchmarkStatusWithoutDelivery(b *testing.B) {
+	tr := NewTracker(Options{Timing: Timing{MinBackoff: time.Hour, MaxBackoff: time.Hour}})
+	defer tr.Stop()
+	tr.Apply(loadConfig(b, `
+  canary:
+    smtp:
+      mail:
+        from: probe@example.net
+        to: [canary@example.net]
+        delivery:
+          imap:
+            address: 127.0.0.1:1
+            username: canary@example.net
+            password: secret
+`))
+	for i := range 500 {
+		tr.Sent("canary", fmt.Sprintf("pending-%d", i), time.Now())
+	}
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, ok := tr.Status("plain"); ok {
+				b.Fatal("plain has delivery state")
+			}
+			tr.Sent("plain", "id", time.Now())
+		}
+	})
+}
