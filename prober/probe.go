@@ -70,7 +70,7 @@ func Probe(ctx context.Context, target string, module config.Module, probeID str
 
 // ProbeTarget is Probe for a target Resolve already resolved: the caller
 // can decide, from the address, whether the session should run at all.
-// The lookup counts in the probe's duration.
+// The lookup counts in the probe's duration and in the module's timeout.
 func ProbeTarget(ctx context.Context, target Target, module config.Module, probeID string, logger *slog.Logger) *Result {
 	start := time.Now().Add(-target.DNSLookupTime)
 	if logger == nil {
@@ -78,7 +78,7 @@ func ProbeTarget(ctx context.Context, target Target, module config.Module, probe
 	}
 	if module.Timeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, time.Duration(module.Timeout))
+		ctx, cancel = context.WithDeadline(ctx, start.Add(time.Duration(module.Timeout)))
 		defer cancel()
 	}
 	r := &Result{SizeLimit: -1, Extensions: map[Phase][]string{}}
