@@ -34,17 +34,7 @@ func TestTLSConfigCachedUntilTheCAFileChanges(t *testing.T) {
 	writeCA(certs.CAPEM)
 	tc := &promconfig.TLSConfig{CAFile: caFile}
 
-	first, err := tlsConfigs.get(tc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	second, err := tlsConfigs.get(tc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if first == second {
-		t.Fatal("two probes got the same *tls.Config: each sets its own ServerName")
-	}
+	first, second := twoTLSConfigs(t, tc)
 	if first.RootCAs == nil || first.RootCAs != second.RootCAs {
 		t.Error("the CA pool was built again for an unchanged CA file")
 	}
@@ -156,22 +146,30 @@ func writeClientCert(t testing.TB) (certFile, keyFile string) {
 	return certFile, keyFile
 }
 
-// A client certificate is read with the other files at every probe, and
-// the configuration rebuilt when it changed; a handshake reads no file.
-func TestTLSConfigClientCertificate(t *testing.T) {
-	certFile, keyFile := writeClientCert(t)
-	tc := &promconfig.TLSConfig{CertFile: certFile, KeyFile: keyFile}
+// twoTLSConfigs gets the configuration of tc for two probes, and checks
+// that they are not the same *tls.Config: each sets its own ServerName.
+func twoTLSConfigs(t *testing.T, tc *promconfig.TLSConfig) (first, second *tls.Config) {
+	t.Helper()
 	first, err := tlsConfigs.get(tc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	second, err := tlsConfigs.get(tc)
+	second, err = tlsConfigs.get(tc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if first == second {
 		t.Fatal("two probes got the same *tls.Config: each sets its own ServerName")
 	}
+	return first, second
+}
+
+// A client certificate is read with the other files at every probe, and
+// the configuration rebuilt when it changed; a handshake reads no file.
+func TestTLSConfigClientCertificate(t *testing.T) {
+	certFile, keyFile := writeClientCert(t)
+	tc := &promconfig.TLSConfig{CertFile: certFile, KeyFile: keyFile}
+	first, second := twoTLSConfigs(t, tc)
 	got, err := first.GetClientCertificate(&tls.CertificateRequestInfo{})
 	if err != nil || len(got.Certificate) == 0 || !bytes.Equal(got.Certificate[0], smtptest.Certs().Server.Certificate[0]) {
 		t.Fatalf("GetClientCertificate: %v", err)
