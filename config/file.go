@@ -107,7 +107,8 @@ func checkFile(fi fs.FileInfo, limit int64) error {
 	return nil
 }
 
-// fileType names the type of a file that is not a regular one.
+// fileType names the type of a file that is not a regular one. Both stats
+// of ReadFile follow symbolic links, so a link is never what it sees.
 func fileType(mode fs.FileMode) string {
 	switch {
 	case mode.IsDir():
@@ -120,8 +121,6 @@ func fileType(mode fs.FileMode) string {
 		return "a character device"
 	case mode&fs.ModeDevice != 0:
 		return "a block device"
-	case mode&fs.ModeSymlink != 0:
-		return "a symbolic link"
 	}
 	return "mode " + mode.String()
 }
