@@ -15,23 +15,32 @@ import (
 // The delivery metrics of a canary module's /probe answer: the state the
 // Tracker has gathered across probes, not this probe's.
 var (
-	deliveryLastDesc = newDesc("probe_smtp_delivery_last_seconds",
-		"Time from the 250 to DATA to the moment the most recently delivered canary was found in its mailbox.", nil)
-	deliveryLastServerDesc = newDesc("probe_smtp_delivery_last_server_seconds",
-		"Time from the 250 to DATA to the mailbox server's arrival time (INTERNALDATE, whole seconds) of the most recently delivered canary.", nil)
-	deliveryPendingDesc = newDesc("probe_smtp_delivery_pending",
-		"Canaries accepted by the server and not yet found in the mailbox.", nil)
-	deliveryLateDesc = newDesc("probe_smtp_delivery_late",
-		"Pending canaries accepted longer than late_after ago.", nil)
-	deliveryLostDesc = newDesc("probe_smtp_delivery_lost_total",
-		"Canaries not found within lost_after, since the exporter started.", nil)
-	deliveryDeliveredDesc = newDesc("probe_smtp_delivery_delivered_total",
-		"Canaries found in the mailbox or its Junk folder, since the exporter started.", nil)
-	deliveryJunkDesc = newDesc("probe_smtp_delivery_junk_total",
-		"Canaries found in the account's Junk folder, since the exporter started.", nil)
-	deliveryWatcherUpDesc = newDesc("probe_smtp_delivery_watcher_up",
-		"1 when the IMAP session watching the mailbox is logged in and watching.", nil)
+	deliveryLastDesc = newDeliveryDesc("last_seconds",
+		"Time from the 250 to DATA to the moment the most recently delivered canary was found in its mailbox.")
+	deliveryLastServerDesc = newDeliveryDesc("last_server_seconds",
+		"Time from the 250 to DATA to the mailbox server's arrival time (INTERNALDATE, whole seconds) of the most recently delivered canary.")
+	deliveryPendingDesc = newDeliveryDesc("pending",
+		"Canaries accepted by the server and not yet found in the mailbox.")
+	deliveryLateDesc = newDeliveryDesc("late",
+		"Pending canaries accepted longer than late_after ago.")
+	deliveryLostDesc = newDeliveryDesc("lost_total",
+		"Canaries not found within lost_after, since the exporter started.")
+	deliveryDeliveredDesc = newDeliveryDesc("delivered_total",
+		"Canaries found in the mailbox or its Junk folder, since the exporter started.")
+	deliveryJunkDesc = newDeliveryDesc("junk_total",
+		"Canaries found in the account's Junk folder, since the exporter started.")
+	deliveryWatcherUpDesc = newDeliveryDesc("watcher_up",
+		"1 when the IMAP session watching the mailbox is logged in and watching.")
 )
+
+// deliveryDescs lists the delivery metrics, for Describe.
+var deliveryDescs []*prometheus.Desc
+
+func newDeliveryDesc(name, help string) *prometheus.Desc {
+	d := newDesc("probe_smtp_delivery_"+name, help, nil)
+	deliveryDescs = append(deliveryDescs, d)
+	return d
+}
 
 // deliveryCollector adds a module's delivery state to its probe's metrics.
 type deliveryCollector struct {
@@ -41,8 +50,7 @@ type deliveryCollector struct {
 
 func (c deliveryCollector) Describe(ch chan<- *prometheus.Desc) {
 	c.Collector.Describe(ch)
-	for _, d := range []*prometheus.Desc{deliveryLastDesc, deliveryLastServerDesc, deliveryPendingDesc, deliveryLateDesc,
-		deliveryLostDesc, deliveryDeliveredDesc, deliveryJunkDesc, deliveryWatcherUpDesc} {
+	for _, d := range deliveryDescs {
 		ch <- d
 	}
 }
