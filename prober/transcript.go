@@ -104,15 +104,14 @@ func (t *transcript) replyDone(code int) {
 	}
 }
 
-// replyText is the text of the first line of rep without the enhanced
-// code, as an error may show it: the reply is redacted as a whole, then
-// the line is cut to max bytes.
+// replyText is Reply.Text as an error may show it: the reply is redacted
+// as a whole, then its first line is cut to max bytes.
 func (t *transcript) replyText(rep *Reply, max int) string {
 	if rep == nil || len(rep.Lines) == 0 {
 		return ""
 	}
-	first := t.red.redactLines(rep.Lines, enhancedHead)[0]
-	return t.red.show(strings.TrimSpace(strings.TrimPrefix(first, rep.Enhanced)), max)
+	red := Reply{Enhanced: rep.Enhanced, Lines: t.red.redactLines(rep.Lines, enhancedHead)}
+	return t.red.show(red.Text(), max)
 }
 
 // note records a remark of ours, such as the TLS handshake outcome.
