@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/smtp-exporter/smtp_exporter/config"
 	"github.com/smtp-exporter/smtp_exporter/internal/smtptest"
 	"github.com/smtp-exporter/smtp_exporter/prober"
 )
@@ -213,23 +214,9 @@ func TestSecretsNeverShown(t *testing.T) {
 				if mech == "XOAUTH2" || mech == "OAUTHBEARER" {
 					credential = "token_file: " + tokenFile
 				}
-				// auth_failure_backoff 0: every request logs in again,
+				// Every request logs in again (auth_failure_backoff 0),
 				// so that each output comes from a real exchange.
-				cfg := newTestConfig(t, `
-modules:
-  login:
-    timeout: 5s
-    auth_failure_backoff: 0s
-    smtp:
-      tls: none
-      preferred_ip_protocol: ip4
-      allow_plaintext_auth: true
-      auth:
-        mechanism: `+mech+`
-        username: `+secretUser+`
-        `+credential+`
-      allowed_targets: ["127.0.0.1"]
-`)
+				cfg := secretLoginConfig(t, mech, credential)
 				var mainLog smtptest.LogBuffer
 				reg := prometheus.NewPedanticRegistry()
 				history := NewHistory(10)
@@ -630,21 +617,7 @@ func testSecretEcho(t *testing.T, c echoCase, enc echoEncoding, secretFile strin
 	if mech == "OAuth client secret" {
 		mech = "XOAUTH2"
 	}
-	cfg := newTestConfig(t, `
-modules:
-  login:
-    timeout: 5s
-    auth_failure_backoff: 0s
-    smtp:
-      tls: none
-      preferred_ip_protocol: ip4
-      allow_plaintext_auth: true
-      auth:
-        mechanism: `+mech+`
-        username: `+secretUser+`
-        `+credential+`
-      allowed_targets: ["127.0.0.1"]
-`)
+	cfg := secretLoginConfig(t, mech, credential)
 	var debugLog, defaultLog smtptest.LogBuffer
 	logger := slog.New(fanout{
 		slog.NewTextHandler(&debugLog, &slog.HandlerOptions{Level: slog.LevelDebug}),
@@ -716,4 +689,26 @@ modules:
 			}
 		}
 	}
+}
+
+// secretLoginConfig is a config with one module, login, that logs in to
+// 127.0.0.1 in plain text with mech, secretUser and credential (a
+// password or token_file line) at every request.
+func secretLoginConfig(t *testing.T, mech, credential string) *config.SafeConfig {
+	t.Helper()
+	return newTestConfig(t, `
+modules:
+  login:
+    timeout: 5s
+    auth_failure_backoff: 0s
+    smtp:
+      tls: none
+      preferred_ip_protocol: ip4
+      allow_plaintext_auth: true
+      auth:
+        mechanism: `+mech+`
+        username: `+secretUser+`
+        `+credential+`
+      allowed_targets: ["127.0.0.1"]
+`)
 }
