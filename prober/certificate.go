@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"strings"
 	"time"
-	"unicode/utf8"
 )
 
 // Bounds on what a Result keeps of the certificates a server presented. A
@@ -161,11 +160,7 @@ func boundText(s string) string {
 	if len(s) <= maxCertificateTextLen {
 		return strings.Clone(s)
 	}
-	cut := maxCertificateTextLen
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return strings.Clone(s[:cut])
+	return strings.Clone(s[:cutAt(s, maxCertificateTextLen)])
 }
 
 // certificateError is a failed verification as text: the errors of

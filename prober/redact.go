@@ -478,10 +478,7 @@ func (r *redactor) show(raw string, max int) string {
 func (r *redactor) clip(raw string, max int) string {
 	s := r.redact(raw)
 	if max >= 0 && len(s) > max {
-		cut := max
-		for cut > 0 && !utf8.RuneStart(s[cut]) {
-			cut--
-		}
+		cut := cutAt(s, max)
 		// A marker is never cut in half.
 		if i := strings.LastIndex(s[:cut], "<"); i >= 0 && strings.HasPrefix(s[i:], Redacted) && i+len(Redacted) > cut {
 			cut = i + len(Redacted)
