@@ -228,10 +228,10 @@ func newProbeReport(e *collector.Entry, transcript bool, now time.Time) probeRep
 			Mechanism: printable.String(r.AuthMechanism),
 		},
 		Capabilities: reportCapabilities{
-			EHLO:           printableAll(r.Extensions[prober.PhaseEHLO]),
-			EHLOTLS:        printableAll(r.Extensions[prober.PhaseEHLOTLS]),
+			EHLO:           collector.PrintableAll(r.Extensions[prober.PhaseEHLO]),
+			EHLOTLS:        collector.PrintableAll(r.Extensions[prober.PhaseEHLOTLS]),
 			HELOFallback:   r.HELOFallback,
-			AuthMechanisms: printableAll(r.AuthMechanisms),
+			AuthMechanisms: collector.PrintableAll(r.AuthMechanisms),
 		},
 	}
 	if r.IP.IsValid() {
@@ -314,14 +314,6 @@ func newProbeReport(e *collector.Entry, transcript bool, now time.Time) probeRep
 		}
 	}
 	return rep
-}
-
-func printableAll(list []string) []string {
-	out := make([]string, len(list))
-	for i, s := range list {
-		out[i] = printable.String(s)
-	}
-	return out
 }
 
 // writeText prints the report for a person. Every field is printable

@@ -14,9 +14,6 @@ import (
 // not have.
 var ErrUnknownModule = errors.New("unknown module")
 
-// ErrBusy is returned by Probe when MaxConcurrent probes are running.
-var ErrBusy = errBusy
-
 // Probe runs one probe of target with the named module, by the steps of a
 // /probe request once its parameters are checked: the module's snapshot,
 // the gate, allowed_targets, redaction and the probe's timeout all work as
@@ -64,3 +61,6 @@ func FormatDuration(d time.Duration) string { return formatDuration(d) }
 
 // FormatBytes writes a SIZE limit as the result page does.
 func FormatBytes(n int64) string { return formatBytes(n) }
+
+// PrintableAll makes every text of list printable, as the pages do.
+func PrintableAll(list []string) []string { return printableAll(list) }
