@@ -6,8 +6,8 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
+	"github.com/smtp-exporter/smtp_exporter/internal/printable"
 	"github.com/smtp-exporter/smtp_exporter/prober"
 )
 
@@ -101,20 +101,7 @@ func wireLine(line string) string {
 }
 
 func (t *transcript) addLocked(line string) {
-	line = t.scrub.Scrub(line)
-	if len(line) > maxTranscriptLine {
-		cut := maxTranscriptLine
-		for cut > 0 && !utf8.RuneStart(line[cut]) {
-			cut--
-		}
-		line = line[:cut] + "..."
-	}
-	line = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return '.'
-		}
-		return r
-	}, line)
+	line = printable.Bounded(t.scrub.Scrub(line), maxTranscriptLine)
 	line = t.now().UTC().Format("15:04:05.000 ") + line
 	if len(t.ring) < maxTranscriptLines {
 		t.ring = append(t.ring, line)
