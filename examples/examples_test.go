@@ -388,6 +388,18 @@ type scrapeConfig struct {
 	} `yaml:"relabel_configs"`
 }
 
+// scrapeConfigs are the scrape jobs of the example Prometheus configuration.
+func scrapeConfigs(t *testing.T) []scrapeConfig {
+	t.Helper()
+	var prom struct {
+		ScrapeConfigs []scrapeConfig `yaml:"scrape_configs"`
+	}
+	if err := yaml.Unmarshal(readFile(t, prometheusConfig), &prom); err != nil {
+		t.Fatalf("%s: %v", prometheusConfig, err)
+	}
+	return prom.ScrapeConfigs
+}
+
 // TestPrometheusJobsMatchTheShippedModules checks each probe job against
 // the module it names: every shipped module has one job named smtp_*, the
 // relabeling sends the target as a parameter to the exporter, and the
@@ -397,15 +409,10 @@ func TestPrometheusJobsMatchTheShippedModules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var prom struct {
-		ScrapeConfigs []scrapeConfig `yaml:"scrape_configs"`
-	}
-	if err := yaml.Unmarshal(readFile(t, prometheusConfig), &prom); err != nil {
-		t.Fatalf("%s: %v", prometheusConfig, err)
-	}
+	scrapes := scrapeConfigs(t)
 
 	jobsByModule := map[string][]string{}
-	for _, sc := range prom.ScrapeConfigs {
+	for _, sc := range scrapes {
 		if !strings.HasPrefix(sc.JobName, "smtp_") {
 			t.Errorf("job %s: the rules select jobs named smtp_*", sc.JobName)
 		}
@@ -477,13 +484,8 @@ func TestPrometheusJobsMatchTheShippedModules(t *testing.T) {
 // as instance, and the module as ?module= and as the module label.
 func TestPrometheusRelabeling(t *testing.T) {
 	promtool := tool(t, "promtool", "prometheus")
-	var prom struct {
-		ScrapeConfigs []scrapeConfig `yaml:"scrape_configs"`
-	}
-	if err := yaml.Unmarshal(readFile(t, prometheusConfig), &prom); err != nil {
-		t.Fatalf("%s: %v", prometheusConfig, err)
-	}
-	for _, sc := range prom.ScrapeConfigs {
+	scrapes := scrapeConfigs(t)
+	for _, sc := range scrapes {
 		if len(sc.Params["module"]) == 0 {
 			continue
 		}

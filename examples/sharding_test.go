@@ -6,8 +6,6 @@ import (
 	"sync"
 	"testing"
 
-	"go.yaml.in/yaml/v3"
-
 	"github.com/smtp-exporter/smtp_exporter/config"
 )
 
@@ -22,14 +20,9 @@ func TestPrometheusShardsByAccount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var prom struct {
-		ScrapeConfigs []scrapeConfig `yaml:"scrape_configs"`
-	}
-	if err := yaml.Unmarshal(readFile(t, prometheusConfig), &prom); err != nil {
-		t.Fatalf("%s: %v", prometheusConfig, err)
-	}
+	scrapes := scrapeConfigs(t)
 	var replicas []string
-	for _, sc := range prom.ScrapeConfigs {
+	for _, sc := range scrapes {
 		if len(sc.Params["module"]) == 0 {
 			for _, s := range sc.StaticConfigs {
 				replicas = append(replicas, s.Targets...)
@@ -46,7 +39,7 @@ func TestPrometheusShardsByAccount(t *testing.T) {
 		all []routed
 	)
 	t.Run("discover", func(t *testing.T) {
-		for _, sc := range prom.ScrapeConfigs {
+		for _, sc := range scrapes {
 			if len(sc.Params["module"]) != 1 {
 				continue
 			}
