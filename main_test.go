@@ -42,17 +42,24 @@ func TestRefusesToStartWithInvalidConfig(t *testing.T) {
 	}
 }
 
-// startExporter starts run() on a free loopback port with the given config
-// file and returns its address and the signal channel that stops it; the
-// test's cleanup stops it and checks its exit code.
-func startExporter(t *testing.T, configFile string, extraArgs ...string) (string, chan os.Signal) {
+// freeLoopbackAddr is a 127.0.0.1 address with a port that was free a
+// moment ago, for an exporter to listen on.
+func freeLoopbackAddr(t *testing.T) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := l.Addr().String()
-	l.Close()
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startExporter starts run() on a free loopback port with the given config
+// file and returns its address and the signal channel that stops it; the
+// test's cleanup stops it and checks its exit code.
+func startExporter(t *testing.T, configFile string, extraArgs ...string) (string, chan os.Signal) {
+	t.Helper()
+	addr := freeLoopbackAddr(t)
 	signals := make(chan os.Signal, 1)
 	done := make(chan int, 1)
 	args := append([]string{"--config.file=" + configFile, "--web.listen-address=" + addr, "--log.level=error"}, extraArgs...)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -196,12 +195,7 @@ func TestVersionOfAReleaseBuild(t *testing.T) {
 // shipped configuration, and returns its /metrics.
 func scrapeBinary(t *testing.T, bin string) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := freeLoopbackAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin, "--config.file=smtp_exporter.yml", "--web.listen-address="+addr)
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
