@@ -152,17 +152,8 @@ func (l *imapLab) messages(folder string) []inspected {
 	l.t.Helper()
 	l.inspect.Store(true)
 	defer l.inspect.Store(false)
-	pool := x509.NewCertPool()
-	ca, _ := os.ReadFile(l.caFile)
-	pool.AppendCertsFromPEM(ca)
-	c, err := imapclient.DialTLS(l.addr, &imapclient.Options{TLSConfig: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}})
-	if err != nil {
-		l.t.Fatal(err)
-	}
+	c := l.login()
 	defer c.Close()
-	if err := c.Login(testUser, testPassword).Wait(); err != nil {
-		l.t.Fatal(err)
-	}
 	data, err := c.Select(folder, &imap.SelectOptions{ReadOnly: true}).Wait()
 	if err != nil {
 		l.t.Fatal(err)
@@ -280,8 +271,9 @@ func (c *fakeClock) Add(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// client is a logged-in inspector with INBOX selected read-write.
-func (l *imapLab) client() *imapclient.Client {
+// login is another client of the lab, trusting its CA file, logged in
+// as the canary's owner.
+func (l *imapLab) login() *imapclient.Client {
 	l.t.Helper()
 	pool := x509.NewCertPool()
 	ca, _ := os.ReadFile(l.caFile)
@@ -291,8 +283,16 @@ func (l *imapLab) client() *imapclient.Client {
 		l.t.Fatal(err)
 	}
 	if err := c.Login(testUser, testPassword).Wait(); err != nil {
+		c.Close()
 		l.t.Fatal(err)
 	}
+	return c
+}
+
+// client is a logged-in inspector with INBOX selected read-write.
+func (l *imapLab) client() *imapclient.Client {
+	l.t.Helper()
+	c := l.login()
 	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
 		l.t.Fatal(err)
 	}
