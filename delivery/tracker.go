@@ -106,17 +106,13 @@ type moduleState struct {
 	late, lost time.Duration
 	key        string // its watcher's
 
-	pending  map[string]*canary
-	finished map[string]*canary // seen or lost, kept to delete copies
+	pending  map[string]*Canary
+	finished map[string]*Canary // seen or lost, kept to delete copies
 	order    []string           // finished ids, oldest first
-	recent   []*canary          // newest last
+	recent   []*Canary          // newest last
 
 	delivered, lostTotal, junk uint64
-	last                       *canary
-}
-
-type canary struct {
-	Canary
+	last                       *Canary
 }
 
 // NewTracker returns a Tracker without watchers; Apply starts them.
@@ -162,7 +158,7 @@ func (t *Tracker) Sent(module, probeID string, acceptedAt time.Time) {
 		t.mu.Unlock()
 		return
 	}
-	c := &canary{Canary{ProbeID: probeID, Sent: acceptedAt, State: StatePending}}
+	c := &Canary{ProbeID: probeID, Sent: acceptedAt, State: StatePending}
 	m.pending[probeID] = c
 	m.remember(c)
 	if len(m.pending) > MaxPending {
@@ -206,7 +202,7 @@ func (t *Tracker) Status(module string) (Status, bool) {
 		s.WatcherUp = w.up.Load()
 	}
 	for i := len(m.recent) - 1; i >= 0; i-- {
-		s.Recent = append(s.Recent, m.recent[i].Canary)
+		s.Recent = append(s.Recent, *m.recent[i])
 	}
 	return s, true
 }
@@ -305,14 +301,14 @@ func (t *Tracker) pendingFor(key string) bool {
 	return false
 }
 
-func (m *moduleState) lose(c *canary) {
+func (m *moduleState) lose(c *Canary) {
 	delete(m.pending, c.ProbeID)
 	c.State = StateLost
 	m.lostTotal++
 	m.finish(c)
 }
 
-func (m *moduleState) finish(c *canary) {
+func (m *moduleState) finish(c *Canary) {
 	m.finished[c.ProbeID] = c
 	m.order = append(m.order, c.ProbeID)
 	for len(m.order) > maxFinished {
@@ -321,15 +317,15 @@ func (m *moduleState) finish(c *canary) {
 	}
 }
 
-func (m *moduleState) remember(c *canary) {
+func (m *moduleState) remember(c *Canary) {
 	m.recent = append(m.recent, c)
 	if len(m.recent) > MaxRecent {
 		m.recent = slices.Delete(m.recent, 0, len(m.recent)-MaxRecent)
 	}
 }
 
-func (m *moduleState) oldestPending() *canary {
-	var oldest *canary
+func (m *moduleState) oldestPending() *Canary {
+	var oldest *Canary
 	for _, c := range m.pending {
 		if oldest == nil || c.Sent.Before(oldest.Sent) {
 			oldest = c
@@ -392,7 +388,7 @@ func (t *Tracker) Apply(cfg *config.Config) {
 	for name, mc := range mods {
 		m := t.modules[name]
 		if m == nil {
-			m = &moduleState{pending: map[string]*canary{}, finished: map[string]*canary{}}
+			m = &moduleState{pending: map[string]*Canary{}, finished: map[string]*Canary{}}
 			t.modules[name] = m
 		}
 		m.late, m.lost = time.Duration(mc.d.LateAfter), time.Duration(mc.d.LostAfter)
