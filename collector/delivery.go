@@ -81,11 +81,8 @@ func (c deliveryCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // withDelivery adds the module's delivery state to c when it has a
-// delivery block.
+// delivery block; t may be nil.
 func withDelivery(c prometheus.Collector, t *delivery.Tracker, module string) prometheus.Collector {
-	if t == nil {
-		return c
-	}
 	s, ok := t.Status(module)
 	if !ok {
 		return c
@@ -96,9 +93,6 @@ func withDelivery(c prometheus.Collector, t *delivery.Tracker, module string) pr
 // writeDeliveryText appends a module's delivery state to debug output, and
 // the IMAP session's redacted transcript when asked for.
 func writeDeliveryText(w io.Writer, t *delivery.Tracker, module string, transcript bool) {
-	if t == nil {
-		return
-	}
 	s, ok := t.Status(module)
 	if !ok {
 		return

@@ -173,8 +173,11 @@ func (t *Tracker) Sent(module, probeID string, acceptedAt time.Time) {
 }
 
 // Status returns a module's state; false for a module without a delivery
-// block.
+// block, and from a nil Tracker.
 func (t *Tracker) Status(module string) (Status, bool) {
+	if t == nil {
+		return Status{}, false
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	m := t.modules[module]
@@ -208,8 +211,11 @@ func (t *Tracker) Status(module string) (Status, bool) {
 }
 
 // Transcript returns the redacted IMAP transcript of the watcher of a
-// module, oldest line first; nil when it has none.
+// module, oldest line first; nil when it has none, and from a nil Tracker.
 func (t *Tracker) Transcript(module string) []string {
+	if t == nil {
+		return nil
+	}
 	t.mu.Lock()
 	m := t.modules[module]
 	var w *watcher

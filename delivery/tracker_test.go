@@ -267,3 +267,14 @@ func TestCanaryLandingWhileJunkIsSearched(t *testing.T) {
 		t.Errorf("status %+v: want the canary seen in INBOX within the pass", s)
 	}
 }
+
+// A process without a tracker reports no delivery state.
+func TestNilTrackerHasNoState(t *testing.T) {
+	var tr *Tracker
+	if s, ok := tr.Status("canary"); ok {
+		t.Errorf("status %+v from a nil tracker", s)
+	}
+	if lines := tr.Transcript("canary"); lines != nil {
+		t.Errorf("transcript %q from a nil tracker", lines)
+	}
+}
