@@ -253,24 +253,6 @@ func status(t *testing.T, tr *Tracker, module string) Status {
 	return s
 }
 
-// fakeClock is an injectable clock.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 // login is another client of the lab, trusting its CA file, logged in
 // as the canary's owner.
 func (l *imapLab) login() *imapclient.Client {

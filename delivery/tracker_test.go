@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-imap/v2"
+
+	"github.com/smtp-exporter/smtp_exporter/internal/smtptest"
 )
 
 func TestDeliveredToInboxWithLatency(t *testing.T) {
@@ -73,20 +75,20 @@ func TestDeliveredToJunk(t *testing.T) {
 
 func TestLateThenLost(t *testing.T) {
 	lab := newIMAPLab(t, imap.CapIdle, imap.CapUIDPlus)
-	clock := &fakeClock{now: time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)}
+	clock := smtptest.NewClock(time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC))
 	tr, _ := newTestTracker(t, clock.Now)
 	tr.Apply(loadConfig(t, lab.moduleYAML("canary", testPassword, "5m")))
 	eventually(t, "the watcher to log in", func() bool { return status(t, tr, "canary").WatcherUp })
 	tr.Sent("canary", "abc-3", clock.Now())
-	clock.Add(time.Minute)
+	clock.Advance(time.Minute)
 	if s := status(t, tr, "canary"); s.Pending != 1 || s.Late != 0 {
 		t.Errorf("after 1m: %+v", s)
 	}
-	clock.Add(2 * time.Minute)
+	clock.Advance(2 * time.Minute)
 	if s := status(t, tr, "canary"); s.Pending != 1 || s.Late != 1 || s.Lost != 0 {
 		t.Errorf("after 3m: pending %d late %d lost %d, want 1 1 0", s.Pending, s.Late, s.Lost)
 	}
-	clock.Add(30 * time.Minute)
+	clock.Advance(30 * time.Minute)
 	if s := status(t, tr, "canary"); s.Pending != 0 || s.Late != 0 || s.Lost != 1 || s.Recent[0].State != StateLost {
 		t.Errorf("after 33m: %+v, want it lost", s)
 	}
