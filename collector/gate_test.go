@@ -17,29 +17,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/smtp-exporter/smtp_exporter/config"
+	"github.com/smtp-exporter/smtp_exporter/internal/smtptest"
 	"github.com/smtp-exporter/smtp_exporter/prober"
 )
 
-// fakeClock is a settable clock for the gate.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
-func newTestGate(limit, maxConcurrent int) (*gate, *fakeClock) {
-	clock := &fakeClock{now: time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)}
+func newTestGate(limit, maxConcurrent int) (*gate, *smtptest.Clock) {
+	clock := smtptest.NewClock(time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC))
 	g := newGate(limit, maxConcurrent)
 	g.now = clock.Now
 	return g, clock
@@ -48,7 +31,7 @@ func newTestGate(limit, maxConcurrent int) (*gate, *fakeClock) {
 // runner counts its calls and returns entries started at the clock's time
 // with the outcome set in its fields.
 type runner struct {
-	clock *fakeClock
+	clock *smtptest.Clock
 	calls atomic.Int32
 
 	mu      sync.Mutex

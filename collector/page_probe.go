@@ -366,10 +366,7 @@ type canaryRow struct {
 // module has no delivery block (or there is no tracker). probeID is the
 // probe the page shows.
 func newDeliveryStateView(t *delivery.Tracker, module, probeID string) *deliveryStateView {
-	if t == nil {
-		return nil
-	}
-	s, ok := t.Status(module)
+	s, ok := t.Status(module) // a nil tracker has no state
 	if !ok {
 		return nil
 	}
