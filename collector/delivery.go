@@ -44,26 +44,24 @@ func newDeliveryDesc(name, help string) *prometheus.Desc {
 
 // deliveryCollector adds a module's delivery state to its probe's metrics.
 type deliveryCollector struct {
-	prometheus.Collector
+	sampler
 	status delivery.Status
 }
 
 func (c deliveryCollector) Describe(ch chan<- *prometheus.Desc) {
-	c.Collector.Describe(ch)
+	c.sampler.Describe(ch)
 	for _, d := range deliveryDescs {
 		ch <- d
 	}
 }
 
-func (c deliveryCollector) Collect(ch chan<- prometheus.Metric) {
-	c.Collector.Collect(ch)
+func (c deliveryCollector) Collect(ch chan<- prometheus.Metric) { collectInto(ch, c) }
+
+func (c deliveryCollector) samples(emit emitFunc) {
+	c.sampler.samples(emit)
 	s := c.status
-	gauge := func(d *prometheus.Desc, v float64) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
-	}
-	counter := func(d *prometheus.Desc, v uint64) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
-	}
+	gauge := func(d *prometheus.Desc, v float64) { emit(d, prometheus.GaugeValue, v) }
+	counter := func(d *prometheus.Desc, v uint64) { emit(d, prometheus.CounterValue, float64(v)) }
 	if s.HasLast {
 		gauge(deliveryLastDesc, s.LastLatency.Seconds())
 		gauge(deliveryLastServerDesc, s.LastServerLatency.Seconds())
@@ -82,12 +80,12 @@ func (c deliveryCollector) Collect(ch chan<- prometheus.Metric) {
 
 // withDelivery adds the module's delivery state to c when it has a
 // delivery block; t may be nil.
-func withDelivery(c prometheus.Collector, t *delivery.Tracker, module string) prometheus.Collector {
+func withDelivery(c sampler, t *delivery.Tracker, module string) sampler {
 	s, ok := t.Status(module)
 	if !ok {
 		return c
 	}
-	return deliveryCollector{Collector: c, status: s}
+	return deliveryCollector{sampler: c, status: s}
 }
 
 // writeDeliveryText appends a module's delivery state to debug output, and

@@ -15,7 +15,7 @@ import (
 
 func TestDeliveryMetrics(t *testing.T) {
 	r := &prober.Result{Success: true, SizeLimit: -1, MessageAccepted: true}
-	c := deliveryCollector{Collector: New(r, time.Second), status: delivery.Status{
+	c := deliveryCollector{sampler: newProbeCollector(r, time.Second, nil), status: delivery.Status{
 		Pending: 2, Late: 1, Delivered: 7, Lost: 1, JunkSeen: 2,
 		LastLatency: 1500 * time.Millisecond, LastServerLatency: time.Second, HasLast: true, WatcherUp: true,
 	}}
@@ -61,19 +61,13 @@ probe_smtp_delivery_watcher_up 1
 		}
 	}
 	// The exposition written for the history is the registry's.
-	text, err := renderText(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(text, "probe_smtp_delivery_pending 2\n") || !strings.Contains(text, "probe_success 1\n") {
-		t.Errorf("exposition:\n%s", text)
-	}
+	requireSameText(t, "delivery", c)
 }
 
 func TestNoDeliveryMetricsWithoutADeliveryBlock(t *testing.T) {
 	tr := delivery.NewTracker(delivery.Options{})
 	defer tr.Stop()
-	inner := New(&prober.Result{SizeLimit: -1}, time.Second)
+	inner := newProbeCollector(&prober.Result{SizeLimit: -1}, time.Second, nil)
 	if c := withDelivery(inner, tr, "plain"); c != inner {
 		t.Error("a module without a delivery block got delivery metrics")
 	}

@@ -339,16 +339,16 @@ func (h *Handler) present(ans Answer, target, moduleName string, module config.M
 }
 
 // collectorFor returns the collector of the metrics of result.
-func (h *Handler) collectorFor(result *prober.Result, timeout time.Duration, module config.Module, age time.Duration) prometheus.Collector {
+func (h *Handler) collectorFor(result *prober.Result, timeout time.Duration, module config.Module, age time.Duration) sampler {
 	if reusable(module) {
-		return NewWithAge(result, timeout, age)
+		return newProbeCollector(result, timeout, &age)
 	}
-	return New(result, timeout)
+	return newProbeCollector(result, timeout, nil)
 }
 
 // exposition renders the metrics of c in the text format, for the history
 // and for a scraper that takes text.
-func (h *Handler) exposition(c prometheus.Collector, log *slog.Logger) string {
+func (h *Handler) exposition(c sampler, log *slog.Logger) string {
 	metrics, err := renderText(c)
 	if err != nil {
 		log.Error("Gathering the probe's metrics failed", "err", err)

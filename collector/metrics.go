@@ -108,18 +108,20 @@ type probeCollector struct {
 // New returns a collector for the metrics of one finished probe. timeout is
 // the effective timeout the probe ran with.
 func New(r *prober.Result, timeout time.Duration) prometheus.Collector {
-	if r == nil {
-		r = &prober.Result{SizeLimit: -1}
-	}
-	return &probeCollector{result: r, timeout: timeout}
+	return newProbeCollector(r, timeout, nil)
 }
 
 // NewWithAge is New for a module whose results can be reused: it also
 // reports how long ago the probe behind the result started.
 func NewWithAge(r *prober.Result, timeout, age time.Duration) prometheus.Collector {
-	c := New(r, timeout).(*probeCollector)
-	c.age = &age
-	return c
+	return newProbeCollector(r, timeout, &age)
+}
+
+func newProbeCollector(r *prober.Result, timeout time.Duration, age *time.Duration) *probeCollector {
+	if r == nil {
+		r = &prober.Result{SizeLimit: -1}
+	}
+	return &probeCollector{result: r, timeout: timeout, age: age}
 }
 
 // Describe sends every Desc this collector may emit.
@@ -137,7 +139,10 @@ func (c *probeCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 // Collect sends the metrics of the Result.
-func (c *probeCollector) Collect(ch chan<- prometheus.Metric) {
+func (c *probeCollector) Collect(ch chan<- prometheus.Metric) { collectInto(ch, c) }
+
+// samples emits the metrics of the Result.
+func (c *probeCollector) samples(ch emitFunc) {
 	r := c.result
 	gauge(ch, successDesc, boolValue(r.Success))
 	gauge(ch, durationDesc, r.Duration.Seconds())
@@ -195,7 +200,7 @@ func (c *probeCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-func (c *probeCollector) collectPhases(ch chan<- prometheus.Metric) {
+func (c *probeCollector) collectPhases(ch emitFunc) {
 	seen := make(map[string]bool, len(c.result.Phases))
 	for _, p := range c.result.Phases {
 		phase := phaseLabel(p.Phase)
@@ -216,7 +221,7 @@ func (c *probeCollector) collectPhases(ch chan<- prometheus.Metric) {
 	}
 }
 
-func (c *probeCollector) collectTLS(ch chan<- prometheus.Metric) {
+func (c *probeCollector) collectTLS(ch emitFunc) {
 	r := c.result
 	// The certificates are there even when verification failed and there
 	// is no session, so that an expired certificate shows as an expiry in
@@ -255,15 +260,9 @@ func (c *probeCollector) ran(p prober.Phase) bool {
 	return ok && pr.Ran
 }
 
-// gauge sends one constant gauge. Label values are sanitized by the callers,
-// so an error here is a bug; it is reported as an invalid metric rather than
-// a panic, which would take the process down from the registry's goroutine.
-func gauge(ch chan<- prometheus.Metric, desc *prometheus.Desc, value float64, labels ...string) {
-	m, err := prometheus.NewConstMetric(desc, prometheus.GaugeValue, value, labels...)
-	if err != nil {
-		m = prometheus.NewInvalidMetric(desc, err)
-	}
-	ch <- m
+// gauge emits one gauge.
+func gauge(emit emitFunc, desc *prometheus.Desc, value float64, labels ...string) {
+	emit(desc, prometheus.GaugeValue, value, labels...)
 }
 
 func boolValue(b bool) float64 {

@@ -76,7 +76,7 @@ func BenchmarkRenderMetrics(b *testing.B) {
 	b.Run("direct", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := renderText(New(r, 10*time.Second)); err != nil {
+			if _, err := renderText(newProbeCollector(r, 10*time.Second, nil)); err != nil {
 				b.Fatal(err)
 			}
 		}

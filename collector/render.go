@@ -4,29 +4,64 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
 )
 
-// descText is the name and help of a Desc, which prometheus.Desc keeps to
-// itself.
+// descText is what the text format needs of a Desc and prometheus.Desc
+// keeps to itself: name, help, label names, and the order of the labels by
+// name, which is the order the format writes and sorts them in.
 type descText struct {
 	name, help string
+	labels     []string
+	byName     []int
 }
 
 // descTexts holds every Desc the probe collector emits, filled by probeDesc
 // and smtpDesc when the package's Descs are built and read-only after.
-var descTexts = map[*prometheus.Desc]descText{}
+var descTexts = map[*prometheus.Desc]*descText{}
 
 func newDesc(fqName, help string, labels []string) *prometheus.Desc {
 	d := prometheus.NewDesc(fqName, help, labels, nil)
-	descTexts[d] = descText{name: fqName, help: help}
+	byName := make([]int, len(labels))
+	for i := range byName {
+		byName[i] = i
+	}
+	slices.SortFunc(byName, func(a, b int) int { return cmp.Compare(labels[a], labels[b]) })
+	descTexts[d] = &descText{name: fqName, help: help, labels: labels, byName: byName}
 	return d
+}
+
+// emitFunc receives one metric of a probe: a value, its kind and the values
+// of its Desc's labels.
+type emitFunc func(desc *prometheus.Desc, kind prometheus.ValueType, value float64, labels ...string)
+
+// sampler is a collector of this package: it hands its metrics to an
+// emitFunc, which renderText writes as text without building a
+// prometheus.Metric for each, and which Collect turns into const metrics
+// for a registry (the other exposition formats).
+type sampler interface {
+	prometheus.Collector
+	samples(emit emitFunc)
+}
+
+// collectInto is Collect for a sampler. A metric that cannot be built is
+// sent as an invalid metric, which the registry reports, rather than a
+// panic in the registry's goroutine.
+func collectInto(ch chan<- prometheus.Metric, s sampler) {
+	s.samples(func(desc *prometheus.Desc, kind prometheus.ValueType, value float64, labels ...string) {
+		m, err := prometheus.NewConstMetric(desc, kind, value, labels...)
+		if err != nil {
+			m = prometheus.NewInvalidMetric(desc, err)
+		}
+		ch <- m
+	})
 }
 
 // lastExpositionLen is the length of the latest exposition: the next one
@@ -34,91 +69,139 @@ func newDesc(fqName, help string, labels []string) *prometheus.Desc {
 // is allocated once, at the size the history then keeps it at.
 var lastExpositionLen atomic.Int64
 
-// renderText writes what c collects in the text exposition format, exactly
-// as a registry holding c alone would have it gathered and encoded: metric
-// families sorted by name, metrics by label values. It skips the registry,
-// whose registration, gathering goroutines, consistency checks and two
-// 1000-metric channels made up half of the exporter's allocations for a
-// probe. The checks that matter for a collector of const gauges stay: a
-// metric that cannot be written or repeats the labels of another is left
-// out and reported in the error, as the registry does with ContinueOnError.
-// The equivalence with the registry is tested on every fixture.
-func renderText(c prometheus.Collector) (string, error) {
-	ch := make(chan prometheus.Metric, 64)
-	go func() {
-		c.Collect(ch)
-		close(ch)
-	}()
+// sample is one metric as renderText keeps it until it is written.
+type sample struct {
+	desc   *descText
+	kind   prometheus.ValueType
+	value  float64
+	labels []string
+}
+
+// renderText writes the metrics of s in the text exposition format,
+// exactly as a registry holding s alone would have them gathered and
+// encoded: metric families sorted by name, metrics by label values (labels
+// in name order), the same escaping and number formatting. It skips the
+// registry and the const metrics and protocol buffers it is built on,
+// which made up most of the exporter's work and allocations around a
+// probe. The registry's checks that matter for these metrics stay: a
+// metric of an unknown Desc, with the wrong number of labels or a label
+// that is not UTF-8, or repeating the labels of another, is left out and
+// reported in the error, as the registry does with ContinueOnError. The
+// equivalence with the registry is tested on every fixture and on random
+// results.
+func renderText(s sampler) (string, error) {
 	var (
-		families []*dto.MetricFamily
-		byDesc   = map[*prometheus.Desc]*dto.MetricFamily{}
-		errs     []error
+		samples []sample
+		errs    []error
 	)
-	for m := range ch {
-		desc := m.Desc()
-		text, ok := descTexts[desc]
-		if !ok {
+	s.samples(func(desc *prometheus.Desc, kind prometheus.ValueType, value float64, labels ...string) {
+		d, ok := descTexts[desc]
+		switch {
+		case !ok:
 			errs = append(errs, fmt.Errorf("metric with unknown %s", desc))
-			continue
+		case len(labels) != len(d.labels):
+			errs = append(errs, fmt.Errorf("collecting %s: %d label values for %d labels", d.name, len(labels), len(d.labels)))
+		case slices.ContainsFunc(labels, func(v string) bool { return !utf8.ValidString(v) }):
+			errs = append(errs, fmt.Errorf("collecting %s: label value is not valid UTF-8", d.name))
+		default:
+			samples = append(samples, sample{desc: d, kind: kind, value: value, labels: labels})
 		}
-		pb := &dto.Metric{}
-		if err := m.Write(pb); err != nil {
-			errs = append(errs, fmt.Errorf("collecting %s: %w", text.name, err))
-			continue
+	})
+	slices.SortStableFunc(samples, func(a, b sample) int {
+		if n := cmp.Compare(a.desc.name, b.desc.name); n != 0 {
+			return n
 		}
-		mf := byDesc[desc]
-		if mf == nil {
-			mf = &dto.MetricFamily{Name: &text.name, Help: &text.help, Type: metricType(pb)}
-			byDesc[desc] = mf
-			families = append(families, mf)
-		}
-		mf.Metric = append(mf.Metric, pb)
-	}
-	slices.SortFunc(families, func(a, b *dto.MetricFamily) int { return cmp.Compare(a.GetName(), b.GetName()) })
+		return compareLabels(a, b)
+	})
 	var b strings.Builder
 	b.Grow(max(int(lastExpositionLen.Load())+512, 4096))
-	for _, mf := range families {
-		slices.SortFunc(mf.Metric, compareLabels)
-		mf.Metric = slices.CompactFunc(mf.Metric, func(x, y *dto.Metric) bool {
-			if compareLabels(x, y) == 0 {
-				errs = append(errs, fmt.Errorf("%s collected twice with the same labels", mf.GetName()))
-				return true
+	var num []byte
+	for i, s := range samples {
+		d := s.desc
+		if i > 0 && samples[i-1].desc == d {
+			if compareLabels(samples[i-1], s) == 0 {
+				errs = append(errs, fmt.Errorf("%s collected twice with the same labels", d.name))
+				continue
 			}
-			return false
-		})
-		if _, err := expfmt.MetricFamilyToText(&b, mf); err != nil {
-			errs = append(errs, err)
+		} else {
+			b.WriteString("# HELP ")
+			b.WriteString(d.name)
+			b.WriteByte(' ')
+			writeEscaped(&b, d.help, false)
+			b.WriteString("\n# TYPE ")
+			b.WriteString(d.name)
+			b.WriteString(typeNames[s.kind])
 		}
+		b.WriteString(d.name)
+		for j, k := range d.byName {
+			if j == 0 {
+				b.WriteByte('{')
+			} else {
+				b.WriteByte(',')
+			}
+			b.WriteString(d.labels[k])
+			b.WriteString(`="`)
+			writeEscaped(&b, s.labels[k], true)
+			b.WriteByte('"')
+		}
+		if len(d.byName) > 0 {
+			b.WriteByte('}')
+		}
+		b.WriteByte(' ')
+		num = appendValue(num[:0], s.value)
+		b.Write(num)
+		b.WriteByte('\n')
 	}
 	lastExpositionLen.Store(int64(b.Len()))
 	return b.String(), errors.Join(errs...)
 }
 
-// compareLabels orders metrics as the registry does: by the values of their
-// (name-sorted) label pairs.
-func compareLabels(x, y *dto.Metric) int {
-	if n := cmp.Compare(len(x.Label), len(y.Label)); n != 0 {
-		return n
-	}
-	for i := range x.Label {
-		if n := cmp.Compare(x.Label[i].GetValue(), y.Label[i].GetValue()); n != 0 {
+// typeNames ends the TYPE line of each kind of metric.
+var typeNames = map[prometheus.ValueType]string{
+	prometheus.GaugeValue:   " gauge\n",
+	prometheus.CounterValue: " counter\n",
+	prometheus.UntypedValue: " untyped\n",
+}
+
+// compareLabels orders the metrics of one family as the registry does: by
+// the values of their labels in name order.
+func compareLabels(x, y sample) int {
+	for _, k := range x.desc.byName {
+		if n := cmp.Compare(x.labels[k], y.labels[k]); n != 0 {
 			return n
 		}
 	}
 	return 0
 }
 
-func metricType(m *dto.Metric) *dto.MetricType {
-	t := dto.MetricType_UNTYPED
-	switch {
-	case m.Gauge != nil:
-		t = dto.MetricType_GAUGE
-	case m.Counter != nil:
-		t = dto.MetricType_COUNTER
-	case m.Summary != nil:
-		t = dto.MetricType_SUMMARY
-	case m.Histogram != nil:
-		t = dto.MetricType_HISTOGRAM
+// writeEscaped escapes as the text format does: backslash and line feed in
+// HELP, and the double quote as well in a label value.
+func writeEscaped(b *strings.Builder, s string, quote bool) {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\\':
+			b.WriteString(`\\`)
+		case c == '\n':
+			b.WriteString(`\n`)
+		case c == '"' && quote:
+			b.WriteString(`\"`)
+		default:
+			b.WriteByte(c)
+		}
 	}
-	return &t
+}
+
+// appendValue formats a value as the text format does.
+func appendValue(dst []byte, v float64) []byte {
+	switch {
+	case v == 0:
+		return append(dst, '0') // -0 too
+	case math.IsNaN(v):
+		return append(dst, "NaN"...)
+	case math.IsInf(v, +1):
+		return append(dst, "+Inf"...)
+	case math.IsInf(v, -1):
+		return append(dst, "-Inf"...)
+	}
+	return strconv.AppendFloat(dst, v, 'g', -1, 64)
 }

@@ -1,8 +1,10 @@
 package collector
 
 import (
+	"math"
 	"math/rand/v2"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -26,7 +28,7 @@ func registryText(t *testing.T, c prometheus.Collector) string {
 	return text
 }
 
-func requireSameText(t *testing.T, name string, c prometheus.Collector) {
+func requireSameText(t *testing.T, name string, c sampler) {
 	t.Helper()
 	got, err := renderText(c)
 	if err != nil {
@@ -51,15 +53,16 @@ func TestRenderTextIsTheRegistrysExposition(t *testing.T) {
 	hostile.AuthMechanisms = []string{"PLAIN", "plain", "X OAUTH", "\x00"}
 	hostile.AuthMechanism = "LOGIN\r\nX"
 
-	for name, c := range map[string]prometheus.Collector{
-		"success":           New(successResult(fix), 8*time.Second),
-		"auth failed":       New(authFailedResult(fix), 8*time.Second),
-		"dns failed":        New(dnsFailedResult(), 8*time.Second),
-		"canary":            New(canaryResult(), 8*time.Second),
-		"hostile":           New(hostile, time.Second),
-		"nil result":        New(nil, time.Second),
-		"with age":          NewWithAge(successResult(fix), 8*time.Second, 42*time.Second),
-		"transcript result": New(transcriptResult(), time.Second),
+	age := 42 * time.Second
+	for name, c := range map[string]sampler{
+		"success":           newProbeCollector(successResult(fix), 8*time.Second, nil),
+		"auth failed":       newProbeCollector(authFailedResult(fix), 8*time.Second, nil),
+		"dns failed":        newProbeCollector(dnsFailedResult(), 8*time.Second, nil),
+		"canary":            newProbeCollector(canaryResult(), 8*time.Second, nil),
+		"hostile":           newProbeCollector(hostile, time.Second, nil),
+		"nil result":        newProbeCollector(nil, time.Second, nil),
+		"with age":          newProbeCollector(successResult(fix), 8*time.Second, &age),
+		"transcript result": newProbeCollector(transcriptResult(), time.Second, nil),
 	} {
 		requireSameText(t, name, c)
 	}
@@ -121,9 +124,10 @@ func TestRenderTextOnRandomResults(t *testing.T) {
 		if !r.Success && rng.IntN(2) == 0 {
 			r.Failure = &prober.Failure{Phase: phases[rng.IntN(len(phases))], Reason: prober.ReasonTimeout}
 		}
-		var c prometheus.Collector = New(r, time.Duration(rng.Int64N(int64(time.Minute))))
+		c := newProbeCollector(r, time.Duration(rng.Int64N(int64(time.Minute))), nil)
 		if i%3 == 0 {
-			c = NewWithAge(r, time.Minute, time.Duration(rng.Int64N(int64(time.Hour))))
+			age := time.Duration(rng.Int64N(int64(time.Hour)))
+			c = newProbeCollector(r, time.Minute, &age)
 		}
 		got, err := renderText(c)
 		if want := registryText(t, c); got != want || err != nil {
@@ -136,10 +140,10 @@ func TestRenderTextOnRandomResults(t *testing.T) {
 // collector that emits one series twice: the second is left out and the
 // error says so.
 func TestRenderTextReportsDuplicates(t *testing.T) {
-	c := collectorFunc(func(ch chan<- prometheus.Metric) {
-		gauge(ch, successDesc, 1)
-		gauge(ch, successDesc, 0)
-		gauge(ch, smtpPhaseDurationDesc, 1, "ehlo")
+	c := samplerFunc(func(emit emitFunc) {
+		gauge(emit, successDesc, 1)
+		gauge(emit, successDesc, 0)
+		gauge(emit, smtpPhaseDurationDesc, 1, "ehlo")
 	})
 	text, err := renderText(c)
 	if err == nil || !strings.Contains(err.Error(), "probe_success collected twice") {
@@ -148,17 +152,58 @@ func TestRenderTextReportsDuplicates(t *testing.T) {
 	if strings.Count(text, "\nprobe_success ") != 1 || !strings.Contains(text, `probe_smtp_duration_seconds{phase="ehlo"} 1`) {
 		t.Errorf("exposition:\n%s", text)
 	}
-	if _, err := renderText(collectorFunc(func(ch chan<- prometheus.Metric) {
-		ch <- prometheus.MustNewConstMetric(prometheus.NewDesc("foreign", "not ours", nil, nil), prometheus.GaugeValue, 1)
+	if _, err := renderText(samplerFunc(func(emit emitFunc) {
+		gauge(emit, prometheus.NewDesc("foreign", "not ours", nil, nil), 1)
 	})); err == nil {
 		t.Error("a metric of a Desc the collector does not know was accepted")
 	}
 }
 
-type collectorFunc func(chan<- prometheus.Metric)
+// TestRenderTextLeavesOutWhatTheRegistryRefuses: a metric with the wrong
+// number of label values or a label value that is not UTF-8 is left out
+// and reported, and the rest is written as the registry writes it.
+func TestRenderTextLeavesOutWhatTheRegistryRefuses(t *testing.T) {
+	c := samplerFunc(func(emit emitFunc) {
+		gauge(emit, successDesc, 1)
+		gauge(emit, smtpPhaseDurationDesc, 1, "ehlo", "extra")
+		gauge(emit, smtpStatusCodeDesc, 250, "bad\xff")
+		gauge(emit, smtpStatusCodeDesc, 220, "banner")
+	})
+	text, err := renderText(c)
+	for _, want := range []string{"2 label values for 1 labels", "not valid UTF-8"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v, want one saying %q", err, want)
+		}
+	}
+	want := "# HELP probe_smtp_status_code Reply code that ended each planned phase; 0 when the phase got no reply or did not run.\n" +
+		"# TYPE probe_smtp_status_code gauge\nprobe_smtp_status_code{phase=\"banner\"} 220\n" +
+		"# HELP probe_success Whether the probe succeeded (1) or failed (0).\n# TYPE probe_success gauge\nprobe_success 1\n"
+	if text != want {
+		t.Errorf("exposition:\n%s\nwant:\n%s", text, want)
+	}
+}
 
-func (f collectorFunc) Describe(chan<- *prometheus.Desc)    {}
-func (f collectorFunc) Collect(ch chan<- prometheus.Metric) { f(ch) }
+// TestRenderTextWritesValuesAndLabelsAsTheRegistry covers what results do
+// not reach: the special values, -0, and label values and help that need
+// escaping, in labels given out of name order.
+func TestRenderTextWritesValuesAndLabelsAsTheRegistry(t *testing.T) {
+	odd := newDesc("probe_test_odd", "Help with a \\ backslash,\na line feed and \"quotes\".", []string{"zeta", "alpha"})
+	defer delete(descTexts, odd)
+	c := samplerFunc(func(emit emitFunc) {
+		for i, v := range []float64{math.NaN(), math.Inf(1), math.Inf(-1), math.Copysign(0, -1), -1, 1, 1e-9, 123456789012, 0.1} {
+			gauge(emit, odd, v, strconv.Itoa(i%3), "q\"uote\\back\nline"+strconv.Itoa(i))
+		}
+		emit(deliveryLostDesc, prometheus.CounterValue, 3)
+	})
+	requireSameText(t, "odd values", c)
+}
+
+// samplerFunc is a sampler made of a function, for the tests.
+type samplerFunc func(emitFunc)
+
+func (f samplerFunc) Describe(chan<- *prometheus.Desc)    {}
+func (f samplerFunc) Collect(ch chan<- prometheus.Metric) { collectInto(ch, f) }
+func (f samplerFunc) samples(emit emitFunc)               { f(emit) }
 
 // exposition renders everything g gathers in the text format, as promhttp
 // would: the reference renderText is compared with.
