@@ -18,9 +18,11 @@ import (
 // keeps to itself: name, help, label names, and the order of the labels by
 // name, which is the order the format writes and sorts them in.
 type descText struct {
-	name, help string
-	labels     []string
-	byName     []int
+	name   string
+	labels []string
+	byName []int
+	// header is the HELP line and the start of the TYPE line, escaped.
+	header string
 }
 
 // descTexts holds every Desc the probe collector emits, filled by probeDesc
@@ -34,7 +36,11 @@ func newDesc(fqName, help string, labels []string) *prometheus.Desc {
 		byName[i] = i
 	}
 	slices.SortFunc(byName, func(a, b int) int { return cmp.Compare(labels[a], labels[b]) })
-	descTexts[d] = &descText{name: fqName, help: help, labels: labels, byName: byName}
+	var header strings.Builder
+	header.WriteString("# HELP " + fqName + " ")
+	writeEscaped(&header, help, false)
+	header.WriteString("\n# TYPE " + fqName)
+	descTexts[d] = &descText{name: fqName, labels: labels, byName: byName, header: header.String()}
 	return d
 }
 
@@ -108,8 +114,8 @@ func renderText(s sampler) (string, error) {
 		}
 	})
 	slices.SortStableFunc(samples, func(a, b sample) int {
-		if n := cmp.Compare(a.desc.name, b.desc.name); n != 0 {
-			return n
+		if a.desc != b.desc {
+			return cmp.Compare(a.desc.name, b.desc.name)
 		}
 		return compareLabels(a, b)
 	})
@@ -124,12 +130,7 @@ func renderText(s sampler) (string, error) {
 				continue
 			}
 		} else {
-			b.WriteString("# HELP ")
-			b.WriteString(d.name)
-			b.WriteByte(' ')
-			writeEscaped(&b, d.help, false)
-			b.WriteString("\n# TYPE ")
-			b.WriteString(d.name)
+			b.WriteString(d.header)
 			b.WriteString(typeNames[s.kind])
 		}
 		b.WriteString(d.name)
@@ -177,17 +178,26 @@ func compareLabels(x, y sample) int {
 // writeEscaped escapes as the text format does: backslash and line feed in
 // HELP, and the double quote as well in a label value.
 func writeEscaped(b *strings.Builder, s string, quote bool) {
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; {
-		case c == '\\':
-			b.WriteString(`\\`)
-		case c == '\n':
-			b.WriteString(`\n`)
-		case c == '"' && quote:
-			b.WriteString(`\"`)
-		default:
-			b.WriteByte(c)
+	special := "\\\n"
+	if quote {
+		special = "\\\n\""
+	}
+	for {
+		i := strings.IndexAny(s, special)
+		if i < 0 {
+			b.WriteString(s)
+			return
 		}
+		b.WriteString(s[:i])
+		switch s[i] {
+		case '\\':
+			b.WriteString(`\\`)
+		case '\n':
+			b.WriteString(`\n`)
+		default:
+			b.WriteString(`\"`)
+		}
+		s = s[i+1:]
 	}
 }
 
