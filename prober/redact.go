@@ -68,6 +68,25 @@ const Redacted = "<redacted>"
 type redactor struct {
 	mu    sync.RWMutex
 	forms []secretForm
+	// done lists what was registered, so that a value registered again
+	// (the password, then the SASL response holding it) is not worked
+	// through again.
+	done []registration
+}
+
+// registration is one call of register.
+type registration struct {
+	value  string
+	public int
+	cut    bool
+}
+
+// covers reports whether registering r gave every form, and every cut
+// rule, that registering n would give: the forms depend on the value, and
+// on whether public is 0 (the forms at an offset inside longer base64);
+// the cut rule on cut and public.
+func (r registration) covers(n registration) bool {
+	return r.value == n.value && (r.public == 0 || n.public != 0) && (!n.cut || r.cut && r.public <= n.public)
 }
 
 // secretForm is one form of a secret as matching sees it: without the
@@ -131,6 +150,13 @@ func (r *redactor) register(value string, public int, cut bool) {
 	if r == nil || len(value) < minSecretLen {
 		return
 	}
+	reg := registration{value, public, cut}
+	r.mu.RLock()
+	done := slices.ContainsFunc(r.done, func(d registration) bool { return d.covers(reg) })
+	r.mu.RUnlock()
+	if done {
+		return
+	}
 	type raw struct {
 		text   string
 		public int
@@ -168,6 +194,7 @@ func (r *redactor) register(value string, public int, cut bool) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.done = append(r.done, reg)
 	list := slices.Clone(r.forms)
 	for _, f := range forms {
 		text := string(skeleton(f.text, nil, nil))
@@ -458,11 +485,14 @@ func isDigits(s string) bool {
 // then made printable. A text changed by either is redacted once more, so
 // that it cannot end in the start of a secret. A nil redactor only cuts
 // and makes the text printable.
-func (r *redactor) show(raw string, max int) string {
-	red := r.clip(raw, max)
+func (r *redactor) show(raw string, max int) string { return r.bound(r.redact(raw), max) }
+
+// bound is show for a text that is redacted already.
+func (r *redactor) bound(red string, max int) string {
+	red = r.cut(red, max)
 	bound := max
 	if n := len(red) - len("..."); n > max {
-		bound = n // clip kept a whole marker past max
+		bound = n // cut kept a whole marker past max
 	}
 	s := printable(red, bound)
 	if r != nil && s != red {
@@ -475,8 +505,10 @@ func (r *redactor) show(raw string, max int) string {
 // character boundary and "..."; a text cut short is redacted once more, so
 // that it cannot end in the start of a secret. The text stays raw
 // otherwise, for a caller that quotes it.
-func (r *redactor) clip(raw string, max int) string {
-	s := r.redact(raw)
+func (r *redactor) clip(raw string, max int) string { return r.cut(r.redact(raw), max) }
+
+// cut is clip for a text that is redacted already.
+func (r *redactor) cut(s string, max int) string {
 	if max >= 0 && len(s) > max {
 		cut := cutAt(s, max)
 		// A marker is never cut in half.

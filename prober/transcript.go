@@ -31,9 +31,11 @@ const (
 // The lines of a server's reply are recorded together once the reply is
 // read, so that a secret split across them is found.
 type transcript struct {
-	start  time.Time
-	logger *slog.Logger
-	red    *redactor
+	start time.Time
+	// logger redacts every record; lineLogger is the logger it wraps, for
+	// the transcript's lines, which are redacted when recorded.
+	logger, lineLogger *slog.Logger
+	red                *redactor
 
 	lines     []TranscriptLine
 	truncated bool
@@ -50,7 +52,8 @@ type pendingLine struct {
 
 func newTranscript(start time.Time, logger *slog.Logger) *transcript {
 	red := newRedactor()
-	return &transcript{start: start, red: red, logger: slog.New(&redactingHandler{inner: logger.Handler(), red: red})}
+	return &transcript{start: start, red: red, lineLogger: logger,
+		logger: slog.New(&redactingHandler{inner: logger.Handler(), red: red})}
 }
 
 // client records a line the client sends.
@@ -90,7 +93,7 @@ func (t *transcript) endReply() {
 		texts[i] = l.text
 	}
 	for i, text := range t.red.redactLines(texts, replyLineHead) {
-		t.record(t.reply[i].at, Server, t.red.show(text, maxTranscriptLineLen))
+		t.record(t.reply[i].at, Server, t.red.bound(text, maxTranscriptLineLen))
 	}
 	t.reply = t.reply[:0]
 }
@@ -178,7 +181,7 @@ func (t *transcript) add(dir Direction, text string) {
 
 // record stores a line already redacted and bounded, and logs it.
 func (t *transcript) record(at time.Duration, dir Direction, text string) {
-	t.logger.Debug("SMTP "+string(dir), "line", text)
+	t.lineLogger.Debug("SMTP "+string(dir), "line", text)
 	switch {
 	case len(t.lines) < maxTranscriptLines-1:
 		t.lines = append(t.lines, TranscriptLine{At: at, Dir: dir, Text: text})
