@@ -1,6 +1,7 @@
 package prober
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -181,7 +182,7 @@ func (t *transcript) add(dir Direction, text string) {
 
 // record stores a line already redacted and bounded, and logs it.
 func (t *transcript) record(at time.Duration, dir Direction, text string) {
-	t.lineLogger.Debug("SMTP "+string(dir), "line", text)
+	logDebug(t.lineLogger, "SMTP "+string(dir), "line", text)
 	switch {
 	case len(t.lines) < maxTranscriptLines-1:
 		t.lines = append(t.lines, TranscriptLine{At: at, Dir: dir, Text: text})
@@ -189,4 +190,20 @@ func (t *transcript) record(at time.Duration, dir Direction, text string) {
 		t.truncated = true
 		t.lines = append(t.lines, TranscriptLine{At: at, Dir: Note, Text: "transcript truncated"})
 	}
+}
+
+// logDebug logs a record of the probe at debug level, as logger.Debug
+// does but without the record's call site: slog.Logger looks it up with
+// runtime.Callers for every record, which was more than half of what a
+// probe's logging cost (a probe makes some 30 of these records), and a
+// probe's records say what they are without it. Only these lose their
+// source in the main log at debug level.
+func logDebug(logger *slog.Logger, msg string, args ...any) {
+	ctx := context.Background()
+	if !logger.Enabled(ctx, slog.LevelDebug) {
+		return
+	}
+	r := slog.NewRecord(time.Now(), slog.LevelDebug, msg, 0)
+	r.Add(args...)
+	_ = logger.Handler().Handle(ctx, r)
 }
