@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -18,6 +19,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // The floor: the same SMTP conversation as the exporter's probe, by the
@@ -43,6 +46,8 @@ type floorSpec struct {
 	// answers BodyBytes bytes.
 	Listen    string
 	BodyBytes int
+	// Timeout bounds each conversation.
+	Timeout time.Duration
 }
 
 // floorResult is what the child reports on stdout.
@@ -72,6 +77,7 @@ func floorFlags(fs *flag.FlagSet, s *floorSpec) {
 	fs.IntVar(&s.MaxProbes, "floor.max", 1000000, "")
 	fs.StringVar(&s.CPUProfile, "floor.cpuprofile", "", "")
 	fs.IntVar(&s.BodyBytes, "floor.body", 0, "")
+	fs.DurationVar(&s.Timeout, "floor.timeout", 10*time.Second, "")
 	// Named as the exporters name it, so that startProcess starts the
 	// limit as it starts them.
 	fs.StringVar(&s.Listen, "web.listen-address", "", "")
@@ -91,6 +97,7 @@ func (s floorSpec) args() []string {
 		fmt.Sprintf("-floor.max=%d", s.MaxProbes),
 		"-floor.cpuprofile=" + s.CPUProfile,
 		fmt.Sprintf("-floor.body=%d", s.BodyBytes),
+		"-floor.timeout=" + cmp.Or(s.Timeout, 10*time.Second).String(),
 	}
 }
 
@@ -208,7 +215,7 @@ func floorConversation(s floorSpec, cfg *tls.Config, plain string) error {
 		return err
 	}
 	defer raw.Close()
-	if err := raw.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+	if err := raw.SetDeadline(time.Now().Add(s.Timeout)); err != nil {
 		return err
 	}
 	var sock syscall.RawConn
@@ -296,12 +303,13 @@ func limitBody(size int, success bool) []byte {
 	return append(b, tail...)
 }
 
-// runLimit serves /probe (one conversation each) and /metrics (ready)
-// until SIGTERM.
+// runLimit serves /probe (one conversation each) and /metrics (the Go
+// runtime's metrics, which the held-probes section reads as it does the
+// exporters') until SIGTERM.
 func runLimit(s floorSpec, cfg *tls.Config, plain string) int {
 	ok, failed := limitBody(s.BodyBytes, true), limitBody(s.BodyBytes, false)
 	mux := http.NewServeMux()
-	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {})
+	mux.Handle("/metrics", promhttp.Handler())
 	mux.HandleFunc("/probe", func(w http.ResponseWriter, _ *http.Request) {
 		body := ok
 		if err := floorConversation(s, cfg, plain); err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -91,32 +92,34 @@ func (h *harness) collectGarbage(p *process) bool {
 // each has collected garbage after its probes ended, so that "after" shows
 // what stays, not what awaits collection.
 func (h *harness) hungProbes() error {
-	starts := []func() (*process, error){func() (*process, error) {
+	// Each start gets the address of the silent server.
+	starts := []func(string) (*process, error){func(string) (*process, error) {
 		exporter, _, err := h.startExportersOnly(true, false)
 		return exporter, err
 	}}
 	if h.hasBlackbox {
-		starts = append(starts, func() (*process, error) {
+		starts = append(starts, func(string) (*process, error) {
 			_, blackbox, err := h.startExportersOnly(false, true)
 			return blackbox, err
 		})
 	}
+	starts = append(starts, h.startHungLimit)
 	var rows []*hungRow
 	defer func() {
 		for _, row := range rows {
-			row.process.stop()
+			if row.process != nil {
+				row.process.stop()
+			}
 		}
 	}()
 	for _, start := range starts {
 		if h.ctx.Err() != nil {
 			return h.ctx.Err()
 		}
-		p, err := start()
-		if err != nil {
-			return err
+		row, err := h.holdProbes(start)
+		if row != nil {
+			rows = append(rows, row)
 		}
-		row, err := h.holdProbes(p)
-		rows = append(rows, row)
 		if err != nil {
 			return err
 		}
@@ -146,14 +149,35 @@ func (h *harness) hungProbes() error {
 	return nil
 }
 
-func (h *harness) holdProbes(p *process) (*hungRow, error) {
+// startHungLimit starts the limit for the held probes: the floor's
+// conversation inside the minimal HTTP server, with the silent server at
+// addr, answering as many bytes as smtp_exporter's answer: what holding a
+// probe costs any exporter that runs it in its HTTP handler.
+func (h *harness) startHungLimit(addr string) (*process, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	spec := floorSpec{Addr: addr, CAFile: h.hungCA, QuickACK: true, BodyBytes: 5000, Timeout: 90 * time.Second}
+	p, err := startProcess("limit-hung", self, h.dir, nil, spec.args()...)
+	if err == nil {
+		h.processes = append(h.processes, p)
+	}
+	return p, err
+}
+
+func (h *harness) holdProbes(start func(addr string) (*process, error)) (*hungRow, error) {
 	n := h.o.hung
-	row := &hungRow{name: p.name, n: n, process: p}
 	hs, err := startHungServer()
 	if err != nil {
-		return row, err
+		return nil, err
 	}
 	defer hs.close()
+	p, err := start(hs.addr())
+	if err != nil {
+		return nil, err
+	}
+	row := &hungRow{name: p.name, n: n, process: p}
 
 	h.collectGarbage(p) // of the start-up: the baseline is what stays
 	if row.before, err = snapshot(p); err != nil {

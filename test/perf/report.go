@@ -128,7 +128,7 @@ func (r *report) phaseTables(p func(string, ...any)) {
 
 func (r *report) hungTable(p func(string, ...any)) {
 	p("\n### Probes held by a server that never answers\n\n")
-	p("A fresh process of each exporter; %d concurrent probes (each of its own module, so that smtp_exporter does not share them) of a server that accepts and stays silent, measured once all have connected (RSS as it is, heap and stacks after two garbage collections, so that they count what the held probes keep alive); again 3 s after the server let go and the scraper closed its idle connections; and again once the process has run two garbage collections since (driven by requests for /metrics; the second frees what the sync.Pools of net/http kept through the first) and %s more for its scavenger.\n\n", r.o.hung, r.o.settle)
+	p("A fresh process of each exporter and of the limit (the floor's conversation in a minimal Go HTTP server, as in the throughput runs); %d concurrent probes (each of its own module, so that smtp_exporter does not share them) of a server that accepts and stays silent, measured once all have connected (RSS as it is, heap and stacks after two garbage collections, so that they count what the held probes keep alive); again 3 s after the server let go and the scraper closed its idle connections; and again once the process has run two garbage collections since (driven by requests for /metrics; the second frees what the sync.Pools of net/http kept through the first) and %s more for its scavenger.\n\n", r.o.hung, r.o.settle)
 	p("| exporter | held | RSS before | RSS held (peak) | per probe: RSS / live heap / stacks | goroutines before / held / 3 s after | heap in use before / after GC | RSS after GC |\n")
 	p("|---|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, hr := range r.hung {
@@ -191,8 +191,8 @@ func (r *report) summary(p func(string, ...any)) {
 	}
 	for _, hr := range r.hung {
 		if strings.HasPrefix(hr.name, "smtp_exporter") {
-			check(hr.perProbeRSSK() <= targetHungRSSKiB, "%d probes held by a silent server: %.1f KiB of RSS per probe (target ≤ %d); goroutines %.0f before, %.0f 3 s after",
-				hr.held, hr.perProbeRSSK(), targetHungRSSKiB, hr.before.goroutines, hr.ended.goroutines)
+			check(hr.perProbeRSSK() <= targetHungRSSKiB, "%d probes held by a silent server: %.1f KiB of RSS per probe (target ≤ %d)%s; goroutines %.0f before, %.0f 3 s after",
+				hr.held, hr.perProbeRSSK(), targetHungRSSKiB, r.overHungLimit(hr), hr.before.goroutines, hr.ended.goroutines)
 		} else {
 			lines = append(lines, fmt.Sprintf("- %d probes held by a silent server: %s takes %.1f KiB of RSS per probe",
 				hr.held, strings.TrimSuffix(hr.name, "-hung"), hr.perProbeRSSK()))
@@ -213,6 +213,16 @@ func (r *report) summary(p func(string, ...any)) {
 		}
 	}
 	p("\n")
+}
+
+// overHungLimit compares a row of held probes with the limit's.
+func (r *report) overHungLimit(hr hungRow) string {
+	for _, l := range r.hung {
+		if strings.HasPrefix(l.name, "limit") && l.perProbeRSSK() > 0 {
+			return fmt.Sprintf(", %.2f × the limit's %.1f KiB", hr.perProbeRSSK()/l.perProbeRSSK(), l.perProbeRSSK())
+		}
+	}
+	return ""
 }
 
 // find is the run of arm (armAuth for an AUTH arm) at c's server and
