@@ -157,16 +157,77 @@ func (r *redactor) register(value string, public int, cut bool) {
 	if done {
 		return
 	}
+	forms := formsOf(reg)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.done = append(r.done, reg)
+	list := slices.Clone(r.forms)
+	for _, f := range forms {
+		list = mergeForm(list, f)
+	}
+	slices.SortStableFunc(list, func(a, b secretForm) int { return cmp.Compare(len(b.text), len(a.text)) })
+	r.forms = list
+}
+
+// mergeForm adds f to list; when the same form is listed already, the
+// stricter reading of the two wins.
+func mergeForm(list []secretForm, f secretForm) []secretForm {
+	i := slices.IndexFunc(list, func(g secretForm) bool { return g.text == f.text })
+	if i < 0 {
+		return append(list, f)
+	}
+	if f.cut && (!list[i].cut || f.public < list[i].public) {
+		list[i].cut, list[i].public = true, f.public
+	}
+	return list
+}
+
+// maxCachedForms bounds formCache: a few values per module with
+// credentials. Past it the cache starts again empty.
+const maxCachedForms = 1024
+
+// formCache keeps the forms of each registration made. A module's
+// secrets, and the blobs they go into, are the same on every probe, and
+// working out their forms (the escapes, the base64 spellings at each
+// offset, the matching tables) was most of what redaction cost a probe
+// that logs in. The forms are read-only once made; redactors share them.
+var formCache = struct {
+	sync.Mutex
+	m map[registration][]secretForm
+}{m: map[registration][]secretForm{}}
+
+// formsOf returns the forms registering reg gives, from formCache.
+func formsOf(reg registration) []secretForm {
+	formCache.Lock()
+	forms, ok := formCache.m[reg]
+	formCache.Unlock()
+	if ok {
+		return forms
+	}
+	forms = deriveForms(reg)
+	formCache.Lock()
+	if len(formCache.m) >= maxCachedForms {
+		clear(formCache.m)
+	}
+	formCache.m[reg] = forms
+	formCache.Unlock()
+	return forms
+}
+
+// deriveForms works out the forms of a registration: the value as it is,
+// escaped each way, and in each base64 spelling, as matching sees them.
+func deriveForms(reg registration) []secretForm {
+	value, public := reg.value, reg.public
 	type raw struct {
 		text   string
 		public int
 	}
-	forms := []raw{{value, public}}
+	raws := []raw{{value, public}}
 	// Most escapes leave a secret as it is: a form already listed is not
 	// listed again.
 	add := func(f raw) {
-		if !slices.Contains(forms, f) {
-			forms = append(forms, f)
+		if !slices.Contains(raws, f) {
+			raws = append(raws, f)
 		}
 	}
 	for _, esc := range escapes {
@@ -192,27 +253,16 @@ func (r *redactor) register(value string, public int, cut bool) {
 			add(raw{enc.EncodeToString([]byte(value))[:8*len(value)/6], 0})
 		}
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.done = append(r.done, reg)
-	list := slices.Clone(r.forms)
-	for _, f := range forms {
+	var forms []secretForm
+	for _, f := range raws {
 		text := string(skeleton(f.text, nil, nil))
 		if len(text) < minSecretLen {
 			continue
 		}
 		pub := len(skeleton(f.text[:f.public], nil, nil))
-		if i := slices.IndexFunc(list, func(g secretForm) bool { return g.text == text }); i >= 0 {
-			// The same form registered again: the stricter reading wins.
-			if cut && (!list[i].cut || pub < list[i].public) {
-				list[i].cut, list[i].public = true, pub
-			}
-			continue
-		}
-		list = append(list, secretForm{text: text, public: pub, cut: cut, next: kmpNext(text)})
+		forms = mergeForm(forms, secretForm{text: text, public: pub, cut: reg.cut, next: kmpNext(text)})
 	}
-	slices.SortStableFunc(list, func(a, b secretForm) int { return cmp.Compare(len(b.text), len(a.text)) })
-	r.forms = list
+	return forms
 }
 
 func kmpNext(s string) []int {
