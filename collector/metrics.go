@@ -247,7 +247,7 @@ func (c *probeCollector) collectTLS(ch emitFunc) {
 		gauge(ch, sslLastChainExpiryDesc, float64(s.LastChainExpiry.Unix()))
 	}
 	gauge(ch, tlsVersionDesc, 1, tls.VersionName(s.Version))
-	gauge(ch, tlsCipherDesc, 1, tls.CipherSuiteName(s.CipherSuite))
+	gauge(ch, tlsCipherDesc, 1, s.CipherName())
 }
 
 func (c *probeCollector) planned(p prober.Phase) bool {
@@ -307,16 +307,14 @@ func earliestExpiry(certs []prober.Certificate) (time.Time, bool) {
 // isEnhancedCode accepts RFC 3463 class.subject.detail: a class of 2, 4 or 5
 // and two numbers of up to three digits.
 func isEnhancedCode(s string) bool {
-	parts := strings.Split(s, ".")
-	if len(parts) != 3 || (parts[0] != "2" && parts[0] != "4" && parts[0] != "5") {
-		return false
-	}
-	for _, p := range parts[1:] {
-		if p == "" || len(p) > 3 || strings.Trim(p, "0123456789") != "" {
-			return false
-		}
-	}
-	return true
+	class, rest, _ := strings.Cut(s, ".")
+	subject, detail, ok := strings.Cut(rest, ".")
+	return ok && (class == "2" || class == "4" || class == "5") && isNumber(subject) && isNumber(detail)
+}
+
+// isNumber accepts one to three digits.
+func isNumber(s string) bool {
+	return s != "" && len(s) <= 3 && strings.Trim(s, "0123456789") == ""
 }
 
 // phaseLabel and identifierLabel keep to the shape of the closed sets the

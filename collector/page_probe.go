@@ -203,7 +203,7 @@ func newTLSView(r *prober.Result, now time.Time) tlsView {
 	if s := r.TLS; s != nil {
 		v.Established = true
 		v.Version = tls.VersionName(s.Version)
-		v.Cipher = tls.CipherSuiteName(s.CipherSuite)
+		v.Cipher = s.CipherName()
 		v.ServerName = printable.String(s.ServerName)
 		v.Verified = s.Verified
 	}

@@ -96,10 +96,9 @@ type sample struct {
 // equivalence with the registry is tested on every fixture and on random
 // results.
 func renderText(s sampler) (string, error) {
-	var (
-		samples []sample
-		errs    []error
-	)
+	var errs []error
+	// A probe's metrics number some 50 to 70.
+	samples := make([]sample, 0, 80)
 	s.samples(func(desc *prometheus.Desc, kind prometheus.ValueType, value float64, labels ...string) {
 		d, ok := descTexts[desc]
 		switch {

@@ -31,7 +31,7 @@ const (
 // TLSSession is what the probe learnt of the encrypted session.
 type TLSSession struct {
 	// Version and CipherSuite are the crypto/tls constants
-	// (tls.VersionName and tls.CipherSuiteName name them).
+	// (tls.VersionName and CipherName name them).
 	Version     uint16
 	CipherSuite uint16
 	// ServerName is the name the client asked for (SNI), as crypto/tls
@@ -45,6 +45,26 @@ type TLSSession struct {
 	// stays trusted while any chain does. Zero when nothing was verified.
 	LastChainExpiry time.Time
 }
+
+// CipherName is the name of the session's cipher suite, as
+// tls.CipherSuiteName gives it. That function builds the list of every
+// suite on each call; a probe names its suite three times (transcript,
+// metrics, result page).
+func (s *TLSSession) CipherName() string {
+	if name, ok := cipherSuiteNames[s.CipherSuite]; ok {
+		return name
+	}
+	return tls.CipherSuiteName(s.CipherSuite)
+}
+
+// cipherSuiteNames names the suites crypto/tls knows.
+var cipherSuiteNames = func() map[uint16]string {
+	names := map[uint16]string{}
+	for _, c := range append(tls.CipherSuites(), tls.InsecureCipherSuites()...) {
+		names[c.ID] = c.Name
+	}
+	return names
+}()
 
 // Certificate is what a Result keeps of one certificate the server
 // presented: its identity and validity, not the certificate itself.

@@ -317,3 +317,17 @@ func BenchmarkResultRetained(b *testing.B) {
 	b.ReportMetric(float64(int64(after.HeapAlloc)-int64(before.HeapAlloc))/float64(b.N), "heap-B/result")
 	runtime.KeepAlive(results)
 }
+
+// CipherName names every suite as tls.CipherSuiteName does, an unknown
+// one included.
+func TestCipherNameIsCryptoTLSName(t *testing.T) {
+	ids := []uint16{0x0000, 0xfefe}
+	for _, c := range append(tls.CipherSuites(), tls.InsecureCipherSuites()...) {
+		ids = append(ids, c.ID)
+	}
+	for _, id := range ids {
+		if got, want := (&TLSSession{CipherSuite: id}).CipherName(), tls.CipherSuiteName(id); got != want {
+			t.Errorf("suite %#04x: %q, want %q", id, got, want)
+		}
+	}
+}

@@ -453,7 +453,7 @@ func (p *probe) handshake(ph Phase) bool {
 	p.r.TLS, p.r.Certificates = summarizeTLS(&state, state.PeerCertificates)
 	p.c.upgrade(tc)
 	p.tr.note("TLS handshake complete: %s, %s, server name %q",
-		tls.VersionName(state.Version), tls.CipherSuiteName(state.CipherSuite), p.tlsConfig.ServerName)
+		tls.VersionName(state.Version), p.r.TLS.CipherName(), p.tlsConfig.ServerName)
 	return true
 }
 
