@@ -340,6 +340,17 @@ func (r *redactor) redact(raw string) string {
 	return out
 }
 
+// empty reports whether no secret is registered: redacting changes
+// nothing then.
+func (r *redactor) empty() bool {
+	if r == nil {
+		return true
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.forms) == 0
+}
+
 func (r *redactor) redactOnce(raw string) string {
 	if r == nil || raw == "" {
 		return raw
@@ -485,13 +496,21 @@ func (f *secretForm) scan(skel []byte, ends []int, mark func(from, to int)) {
 // split across them is found. head gives the length of the start of a line
 // left out of the joined text (the reply code, the enhanced status code).
 func (r *redactor) redactLines(lines []string, head func(string) int) []string {
+	if r.empty() {
+		return lines
+	}
 	heads := make([]string, len(lines))
 	texts := make([]string, len(lines))
 	for i, l := range lines {
 		n := head(l)
 		heads[i], texts[i] = l[:n], l[n:]
 	}
-	joined := strings.Split(r.redact(strings.Join(texts, "\n")), "\n")
+	text := strings.Join(texts, "\n")
+	red := r.redact(text)
+	if red == text && strings.Count(text, "\n") == len(lines)-1 {
+		return lines // nothing to redact, and no line held a line break
+	}
+	joined := strings.Split(red, "\n")
 	out := make([]string, len(lines))
 	for i := range lines {
 		if len(joined) != len(lines) {
