@@ -98,7 +98,8 @@ func BenchmarkRenderMetrics(b *testing.B) {
 // log, history entry, metrics for the history and for the response) with a
 // prober that returns at once; "1000 modules" does the same with a thousand
 // modules configured, which must cost the same; "session" runs the real
-// prober against an in-process STARTTLS server with AUTH PLAIN.
+// prober against an in-process STARTTLS server with AUTH PLAIN, "session
+// without auth" the same module without its auth block.
 func BenchmarkProbeHandler(b *testing.B) {
 	module := func(name, yaml string) string { return "  " + name + ":\n" + yaml }
 	canned := `    timeout: 10s
@@ -139,18 +140,27 @@ func BenchmarkProbeHandler(b *testing.B) {
 		h := NewHandler(HandlerOpts{Config: benchConfig(b, modules.String()), Probe: fake, History: NewHistory(100)})
 		serve(b, h, query)
 	})
-	b.Run("session", func(b *testing.B) {
-		const user, password = "probe@example.net", "bench-password"
-		srv := smtptest.NewServer(b, smtptest.Options{TLS: smtptest.StartTLS, Username: user, Password: password, AuthRequiresTLS: true})
-		yaml := fmt.Sprintf(`    timeout: 10s
+	for _, auth := range []bool{false, true} {
+		name := "session"
+		if !auth {
+			name = "session without auth"
+		}
+		b.Run(name, func(b *testing.B) {
+			const user, password = "probe@example.net", "bench-password"
+			srv := smtptest.NewServer(b, smtptest.Options{TLS: smtptest.StartTLS, Username: user, Password: password, AuthRequiresTLS: true})
+			yaml := fmt.Sprintf(`    timeout: 10s
     smtp:
       tls: starttls
       preferred_ip_protocol: ip4
       tls_config: {ca_file: %q}
-      auth: {mechanism: PLAIN, username: %q, password: %q}
+`, smtptest.Certs().WriteCAFile(b))
+			if auth {
+				yaml += fmt.Sprintf(`      auth: {mechanism: PLAIN, username: %q, password: %q}
       allowed_targets: ["127.0.0.1"]
-`, smtptest.Certs().WriteCAFile(b), user, password)
-		h := NewHandler(HandlerOpts{Config: benchConfig(b, module("submission", yaml)), History: NewHistory(100)})
-		serve(b, h, "module=submission&target="+url.QueryEscape(srv.Addr()))
-	})
+`, user, password)
+			}
+			h := NewHandler(HandlerOpts{Config: benchConfig(b, module("submission", yaml)), History: NewHistory(100)})
+			serve(b, h, "module=submission&target="+url.QueryEscape(srv.Addr()))
+		})
+	}
 }
