@@ -301,13 +301,24 @@ func skeleton(s string, pos *[]int, ends *[]int) []byte {
 		*pos = slices.Grow(*pos, len(s))
 	}
 	for i := 0; i < len(s); {
-		r, size := rune(s[i]), 1
-		if r >= utf8.RuneSelf {
-			r, size = utf8.DecodeRuneInString(s[i:])
+		if c := s[i]; c < utf8.RuneSelf {
+			// ASCII, most of any text: the controls (tab, CR and LF among
+			// them) and DEL are skipped.
+			if c == '\n' || c == '\r' || c == '\t' || c == ' ' || c == '"' || c == '\'' || c == '`' ||
+				c == '.' && strings.HasPrefix(s[i:], "...") {
+				end()
+			}
+			if c >= 0x20 && c != 0x7f {
+				skel = append(skel, c)
+				if pos != nil {
+					*pos = append(*pos, i)
+				}
+			}
+			i++
+			continue
 		}
-		switch {
-		case r == '\n' || r == '\r' || r == '\t' || r == ' ' || r == '"' || r == '\'' || r == '`' || r == '…' ||
-			r == '.' && strings.HasPrefix(s[i:], "..."):
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == '…' {
 			end()
 		}
 		if !skipped(r, size) {
