@@ -162,6 +162,9 @@ func newProbeLog(main *slog.Logger, forwardLevel slog.Level, limit int, attrs ..
 // short lines cannot make one probe hold much more memory than its text.
 const maxHeldRecords = 256
 
+// recordChunk is the number of records in a chunk of a log's head.
+const recordChunk = 16
+
 // probeRecords keeps the records of one probe's log and formats them as
 // text only when the log is read: most probes are never looked at, and
 // formatting forty-odd lines for each of them is wasted work. The text is what a text handler writing to
@@ -176,8 +179,12 @@ const maxHeldRecords = 256
 type probeRecords struct {
 	mu    sync.Mutex
 	limit int
-	head  []capturedRecord
-	tail  []capturedRecord
+	// head is kept in chunks of recordChunk records, so that it grows
+	// without copying what it holds: a probe logs some 50 records, and
+	// a slice grown by append allocated more than twice their size.
+	head      [][]capturedRecord
+	headCount int
+	tail      []capturedRecord
 	// headSize and tailSize are lower bounds of the text of head and tail.
 	headSize, tailSize int
 	// omitted is the text size of the records dropped between head and
@@ -222,8 +229,13 @@ func (p *probeRecords) add(c capturedRecord) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	headLimit, tailLimit := p.limit/2, p.limit-p.limit/2
-	if p.headSize < headLimit && len(p.tail) == 0 && len(p.head) < maxHeldRecords {
-		p.head = append(p.head, c)
+	if p.headSize < headLimit && len(p.tail) == 0 && p.headCount < maxHeldRecords {
+		if n := len(p.head); n == 0 || len(p.head[n-1]) == recordChunk {
+			p.head = append(p.head, make([]capturedRecord, 0, recordChunk))
+		}
+		last := &p.head[len(p.head)-1]
+		*last = append(*last, c)
+		p.headCount++
 		p.headSize += c.size
 		return
 	}
@@ -256,8 +268,10 @@ func (p *probeRecords) String() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	buf := newBoundedBuffer(p.limit)
-	for _, c := range p.head {
-		p.format(buf, c)
+	for _, chunk := range p.head {
+		for _, c := range chunk {
+			p.format(buf, c)
+		}
 	}
 	if p.dropped {
 		buf.skip(p.omitted)

@@ -85,7 +85,7 @@ func TestProbeLogBoundsRecords(t *testing.T) {
 		}
 		logger.Info("last")
 	}
-	if held := len(plog.records.head) + len(plog.records.tail); held > 2*maxHeldRecords {
+	if held := plog.records.headCount + len(plog.records.tail); held > 2*maxHeldRecords {
 		t.Errorf("holding %d records, at most %d expected", held, 2*maxHeldRecords)
 	}
 	out := plog.records.String()
