@@ -255,11 +255,11 @@ func deriveForms(reg registration) []secretForm {
 	}
 	var forms []secretForm
 	for _, f := range raws {
-		text := string(skeleton(f.text, nil, nil))
+		text := string(skeleton(nil, f.text, nil, nil))
 		if len(text) < minSecretLen {
 			continue
 		}
-		pub := len(skeleton(f.text[:f.public], nil, nil))
+		pub := len(skeleton(nil, f.text[:f.public], nil, nil))
 		forms = mergeForm(forms, secretForm{text: text, public: pub, cut: reg.cut, next: kmpNext(text)})
 	}
 	return forms
@@ -286,12 +286,12 @@ func skipped(r rune, size int) bool {
 	return r == utf8.RuneError && size == 1 || r == '\t' || shown.Unsafe(r)
 }
 
-// skeleton appends to skel the bytes of s that matching does not skip; pos,
+// skeleton appends to dst the bytes of s that matching does not skip; pos,
 // when not nil, receives the index in s of each byte appended, and ends
 // the positions in skel where a word ends: before a skipped whitespace, a
 // space, a quote or "...", and at the end of s.
-func skeleton(s string, pos *[]int, ends *[]int) []byte {
-	skel := make([]byte, 0, len(s))
+func skeleton(dst []byte, s string, pos *[]int, ends *[]int) []byte {
+	skel := slices.Grow(dst, len(s))
 	end := func() {
 		if ends != nil && (len(*ends) == 0 || (*ends)[len(*ends)-1] != len(skel)) {
 			*ends = append(*ends, len(skel))
@@ -372,8 +372,11 @@ func (r *redactor) redactOnce(raw string) string {
 	if len(forms) == 0 {
 		return raw
 	}
-	var ends []int
-	skel := skeleton(raw, nil, &ends)
+	// Most texts are short: their skeleton fits on the stack, and their
+	// word ends in one allocation.
+	var skelBuf [256]byte
+	ends := make([]int, 0, 8)
+	skel := skeleton(skelBuf[:0], raw, nil, &ends)
 	var hit []bool
 	mark := func(from, to int) {
 		if hit == nil {
@@ -392,7 +395,7 @@ func (r *redactor) redactOnce(raw string) string {
 	}
 	// Where each byte of skel is in raw matters only to cut out a hit.
 	var pos []int
-	skeleton(raw, &pos, nil)
+	skeleton(nil, raw, &pos, nil)
 	var b strings.Builder
 	done := 0
 	for k := 0; k < len(skel); {
@@ -416,7 +419,7 @@ func (r *redactor) redactOnce(raw string) string {
 			if i > 0 {
 				b.WriteByte('\n')
 			}
-			if len(skeleton(line, nil, nil)) > 0 {
+			if len(skeleton(nil, line, nil, nil)) > 0 {
 				b.WriteString(Redacted)
 			}
 		}
