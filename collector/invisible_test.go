@@ -147,9 +147,11 @@ modules:
 				assertShownEscaped(t, "landing page", landing)
 			}
 			if tc.success {
-				// The escapes stand where the server's text was.
+				// The escapes stand where the server's text was. The text is
+				// built from a map, so its first character may be the tag
+				// character, escaped with \U.
 				for name, out := range map[string]string{"result page": page, "debug output": debug} {
-					if !strings.Contains(out, `ESMTP x\u`) || !strings.Contains(out, `CN=mx`) {
+					if !strings.Contains(out, `ESMTP x\`) || !strings.Contains(out, `CN=mx`) {
 						t.Errorf("%s does not show the banner and the certificate:\n%s", name, out)
 					}
 				}
