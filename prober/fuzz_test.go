@@ -340,7 +340,7 @@ func FuzzScrub(f *testing.F) {
 	f.Add("\x00\xff\u200bsecret\\\"", "x", "y", uint8(3), uint16(64))
 	f.Fuzz(func(t *testing.T, secret, before, after string, how uint8, max uint16) {
 		if len(secret) < 12 || len(secret) > 200 || strings.ContainsAny(secret, "\n") || strings.ContainsAny(before+after, "\r\n") {
-			t.Skip()
+			t.Skip("not a secret or a text the redactor is given")
 		}
 		half := len(secret) / 2
 		for half > 0 && !utf8.RuneStart(secret[half]) {
@@ -369,7 +369,7 @@ func FuzzScrub(f *testing.F) {
 		// and its registered forms.
 		skel := string(skeleton(nil, secret, nil, nil))
 		if len(skel) < minCutPrefix {
-			t.Skip()
+			t.Skip("the secret is shorter than minCutPrefix once skipped characters are left out")
 		}
 		// render gives every output of text, with secrets registered, as
 		// the characters a reader sees, compared as matching sees them: an
