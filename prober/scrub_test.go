@@ -246,3 +246,36 @@ func TestTokenEndpointErrorHidesQuery(t *testing.T) {
 		t.Errorf("error %q", got)
 	}
 }
+
+// redactAll looks at a list joined first; what any one string would show
+// must still be redacted in that string alone, and a list with nothing to
+// redact comes back as it was.
+func TestRedactAllFindsWhatOneStringShows(t *testing.T) {
+	const secret = "Sw0rdf1sh-leak-canary"
+	r := newRedactor()
+	r.add(secret)
+	clean := []string{"PIPELINING", "SIZE", "8BITMIME", "AUTH"}
+	if got := r.redactAll(clean); &got[0] != &clean[0] {
+		t.Errorf("a list with nothing to redact was copied: %q", got)
+	}
+	for name, leak := range map[string]string{
+		"as it is":          secret,
+		"cut at its end":    secret[:10],
+		"in base64":         base64.StdEncoding.EncodeToString([]byte(secret)),
+		"inside base64":     base64.RawStdEncoding.EncodeToString([]byte(`{"pw":"` + secret + `"}`)),
+		"after a control":   "X\x01" + secret,
+		"split by controls": secret[:6] + "\x00\u200b" + secret[6:],
+	} {
+		list := []string{"PIPELINING", "X-" + leak, "8BITMIME"}
+		got := r.redactAll(list)
+		if got[0] != "PIPELINING" || got[2] != "8BITMIME" {
+			t.Errorf("%s: other strings changed: %q", name, got)
+		}
+		if got[1] == list[1] || strings.Contains(got[1], secret[:8]) {
+			t.Errorf("%s: %q not redacted: %q", name, list[1], got[1])
+		}
+		if want := r.redact(list[1]); got[1] != want {
+			t.Errorf("%s: %q, want %q as redact gives it alone", name, got[1], want)
+		}
+	}
+}
