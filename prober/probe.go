@@ -188,7 +188,7 @@ func (p *probe) phase(ph Phase) *PhaseResult {
 }
 
 func (p *probe) begin(ph Phase) time.Time {
-	logDebug(p.logger, "Phase started", "phase", ph)
+	phaseStarted.debug(p.logger, "Phase started", "phase", ph)
 	return time.Now()
 }
 
@@ -201,7 +201,7 @@ func (p *probe) finish(ph Phase, start time.Time, rep *Reply) {
 	if rep != nil {
 		pr.Code, pr.Enhanced = rep.Code, rep.Enhanced
 	}
-	logDebug(p.logger, "Phase done", "phase", ph, "duration_seconds", pr.Duration.Seconds(), "code", pr.Code, "enhanced", pr.Enhanced)
+	phaseDone.debug(p.logger, "Phase done", "phase", ph, "duration_seconds", pr.Duration.Seconds(), "code", pr.Code, "enhanced", pr.Enhanced)
 }
 
 // fail records the first failure; later ones (during the closing QUIT) are
@@ -223,11 +223,11 @@ func (p *probe) fail(ph Phase, reason Reason, err error) bool {
 		p.broken = true
 	}
 	if p.r.Failure != nil {
-		logDebug(p.logger, "Error after the probe failed", "phase", ph, "reason", reason, "err", err)
+		p.logger.Debug("Error after the probe failed", "phase", ph, "reason", reason, "err", err)
 		return false
 	}
 	p.r.Failure = &Failure{Phase: ph, Reason: reason, Err: err}
-	logDebug(p.logger, "Phase failed", "phase", ph, "reason", reason, "err", err)
+	p.logger.Debug("Phase failed", "phase", ph, "reason", reason, "err", err)
 	return false
 }
 
@@ -275,7 +275,7 @@ func (p *probe) setup() bool {
 	if f := t.Failure; f != nil {
 		return p.fail(f.Phase, f.Reason, f.Err)
 	}
-	logDebug(p.logger, "Resolved target", "host", t.Host, "ip", t.IP, "dns_lookup_seconds", t.DNSLookupTime.Seconds())
+	p.logger.Debug("Resolved target", "host", t.Host, "ip", t.IP, "dns_lookup_seconds", t.DNSLookupTime.Seconds())
 	p.r.IP = t.IP
 
 	if a := p.smtp.Auth; a != nil && a.UsesToken() {
@@ -374,7 +374,7 @@ func (p *probe) connect() bool {
 		}
 	}
 	addr := netip.AddrPortFrom(p.r.IP, uint16(p.r.Port)).String()
-	logDebug(p.logger, "Connecting", "address", addr)
+	p.logger.Debug("Connecting", "address", addr)
 	// Go sets TCP_NODELAY on TCP connections by default. Every command is
 	// written in one piece, so it is left as it is.
 	nc, err := dialer.DialContext(p.ctx, "tcp", addr)
@@ -502,7 +502,7 @@ func (p *probe) ehlo(ph Phase) bool {
 	rep, err := p.c.cmd(250, "EHLO %s", name)
 	var re *ReplyError
 	if err != nil && errors.As(err, &re) && re.Permanent() {
-		logDebug(p.logger, "EHLO refused, falling back to HELO", "code", re.Code)
+		p.logger.Debug("EHLO refused, falling back to HELO", "code", re.Code)
 		p.r.HELOFallback = true
 		rep, err = p.c.cmd(250, "HELO %s", name)
 		p.ext = extensions{size: -1}

@@ -50,7 +50,7 @@ func (p *probe) auth() bool {
 
 	p.r.AuthAttempted = true
 	p.r.AuthMechanism = name
-	logDebug(p.logger, "Authenticating", "mechanism", name)
+	p.logger.Debug("Authenticating", "mechanism", name)
 	rep, err := p.saslExchange(mech, a.Username)
 	p.finish(PhaseAuth, start, rep)
 	if err != nil {

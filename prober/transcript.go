@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/smtp-exporter/smtp_exporter/config"
@@ -182,7 +184,7 @@ func (t *transcript) add(dir Direction, text string) {
 
 // record stores a line already redacted and bounded, and logs it.
 func (t *transcript) record(at time.Duration, dir Direction, text string) {
-	logDebug(t.lineLogger, "SMTP "+string(dir), "line", text)
+	transcriptLine.debug(t.lineLogger, "SMTP "+string(dir), "line", text)
 	switch {
 	case len(t.lines) < maxTranscriptLines-1:
 		t.lines = append(t.lines, TranscriptLine{At: at, Dir: dir, Text: text})
@@ -192,18 +194,29 @@ func (t *transcript) record(at time.Duration, dir Direction, text string) {
 	}
 }
 
-// logDebug logs a record of the probe at debug level, as logger.Debug
-// does but without the record's call site: slog.Logger looks it up with
-// runtime.Callers for every record, which was more than half of what a
-// probe's logging cost (a probe makes some 30 of these records), and a
-// probe's records say what they are without it. Only these lose their
-// source in the main log at debug level.
-func logDebug(logger *slog.Logger, msg string, args ...any) {
+// callSite logs the records of one place in the code at debug level, as
+// slog.Logger.Debug does, with that place as their source, looked up once:
+// slog.Logger looks it up with runtime.Callers for every record, which was
+// more than half of what a probe's logging cost. For the places that log
+// on every phase and every line of the conversation.
+type callSite struct{ pc atomic.Uintptr }
+
+// The call sites that log on every phase and every line.
+var phaseStarted, phaseDone, transcriptLine callSite
+
+func (c *callSite) debug(logger *slog.Logger, msg string, args ...any) {
 	ctx := context.Background()
 	if !logger.Enabled(ctx, slog.LevelDebug) {
 		return
 	}
-	r := slog.NewRecord(time.Now(), slog.LevelDebug, msg, 0)
+	pc := c.pc.Load()
+	if pc == 0 {
+		var pcs [1]uintptr
+		runtime.Callers(2, pcs[:]) // the caller of debug
+		pc = pcs[0]
+		c.pc.Store(pc)
+	}
+	r := slog.NewRecord(time.Now(), slog.LevelDebug, msg, pc)
 	r.Add(args...)
 	_ = logger.Handler().Handle(ctx, r)
 }
