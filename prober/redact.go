@@ -568,14 +568,11 @@ func isDigits(s string) bool {
 // then made printable. A text changed by either is redacted once more, so
 // that it cannot end in the start of a secret. A nil redactor only cuts
 // and makes the text printable.
-func (r *redactor) show(raw string, max int) string { return r.bound(r.redact(raw), max) }
-
-// bound is show for a text that is redacted already.
-func (r *redactor) bound(red string, max int) string {
-	red = r.cut(red, max)
+func (r *redactor) show(raw string, max int) string {
+	red := r.clip(raw, max)
 	bound := max
 	if n := len(red) - len("..."); n > max {
-		bound = n // cut kept a whole marker past max
+		bound = n // clip kept a whole marker past max
 	}
 	s := printable(red, bound)
 	if r != nil && s != red {
@@ -588,10 +585,8 @@ func (r *redactor) bound(red string, max int) string {
 // character boundary and "..."; a text cut short is redacted once more, so
 // that it cannot end in the start of a secret. The text stays raw
 // otherwise, for a caller that quotes it.
-func (r *redactor) clip(raw string, max int) string { return r.cut(r.redact(raw), max) }
-
-// cut is clip for a text that is redacted already.
-func (r *redactor) cut(s string, max int) string {
+func (r *redactor) clip(raw string, max int) string {
+	s := r.redact(raw)
 	if max >= 0 && len(s) > max {
 		cut := cutAt(s, max)
 		// A marker is never cut in half.

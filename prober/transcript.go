@@ -95,8 +95,11 @@ func (t *transcript) endReply() {
 	for i, l := range t.reply {
 		texts[i] = l.text
 	}
+	// The lines are redacted together without their codes, so that a
+	// secret split across them is found, then each whole, so that one
+	// reaching into a line's code is found too.
 	for i, text := range t.red.redactLines(texts, replyLineHead) {
-		t.record(t.reply[i].at, Server, t.red.bound(text, maxTranscriptLineLen))
+		t.record(t.reply[i].at, Server, t.red.show(text, maxTranscriptLineLen))
 	}
 	t.reply = t.reply[:0]
 }
