@@ -167,7 +167,14 @@ func (l *imapLab) messages(folder string) []inspected {
 	}
 	var out []inspected
 	for _, m := range msgs {
-		out = append(out, inspected{Subject: m.Envelope.Subject, Flags: m.Flags})
+		// A message the watcher expunges between SELECT and FETCH comes
+		// back without its envelope: it is still counted, so that a test
+		// waiting for the mailbox to empty asks again.
+		var subject string
+		if m.Envelope != nil {
+			subject = m.Envelope.Subject
+		}
+		out = append(out, inspected{Subject: subject, Flags: m.Flags})
 	}
 	return out
 }
