@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"regexp"
 	"slices"
@@ -177,12 +178,14 @@ func (sc *SafeConfig) ModuleNames() []string {
 	if cfg == nil {
 		return nil
 	}
-	names := make([]string, 0, len(cfg.Modules))
-	for name := range cfg.Modules {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	return names
+	return cfg.ModuleNames()
+}
+
+// ModuleNames returns the module names, sorted: the order in which every
+// walk over the modules goes, so that errors and logs come out the same
+// each time.
+func (c *Config) ModuleNames() []string {
+	return slices.Sorted(maps.Keys(c.Modules))
 }
 
 // Reload loads path and, only if it is valid in full, makes it the

@@ -92,12 +92,7 @@ func (c *Config) validate() error {
 	if len(c.Modules) == 0 {
 		return errors.New("no modules defined")
 	}
-	names := make([]string, 0, len(c.Modules))
-	for name := range c.Modules {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	for _, name := range names {
+	for _, name := range c.ModuleNames() {
 		m := c.Modules[name]
 		if err := m.validate([]string{"modules", name}); err != nil {
 			return err

@@ -362,12 +362,7 @@ func (t *Tracker) Apply(cfg *config.Config) {
 		key string
 	}
 	mods := map[string]modCfg{}
-	names := make([]string, 0, len(cfg.Modules))
-	for name := range cfg.Modules {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	for _, name := range names {
+	for _, name := range cfg.ModuleNames() {
 		m := cfg.Modules[name]
 		if m.SMTP.Mail == nil || m.SMTP.Mail.Delivery == nil {
 			continue
