@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"html"
 	"log/slog"
 	"net/url"
@@ -276,6 +277,33 @@ func TestRedactAllFindsWhatOneStringShows(t *testing.T) {
 		}
 		if want := r.redact(list[1]); got[1] != want {
 			t.Errorf("%s: %q, want %q as redact gives it alone", name, got[1], want)
+		}
+	}
+}
+
+// The forms cache stays within maxCachedForms however many secrets pass
+// through it, and a secret registered after the cache started again is
+// still redacted in every form.
+func TestFormCacheIsBoundedAndStillRedacts(t *testing.T) {
+	first := "first-secret-0000"
+	r := newRedactor()
+	r.add(first)
+	for i := range maxCachedForms + 10 {
+		newRedactor().add(fmt.Sprintf("filler-secret-%06d", i))
+		formCache.Lock()
+		n := len(formCache.m)
+		formCache.Unlock()
+		if n > maxCachedForms {
+			t.Fatalf("%d registrations cached, bound %d", n, maxCachedForms)
+		}
+	}
+	again := newRedactor()
+	again.add(first)
+	for _, text := range []string{first, base64.StdEncoding.EncodeToString([]byte(first)), strconv.Quote(first)} {
+		for name, red := range map[string]*redactor{"before": r, "after": again} {
+			if out := red.redact("x " + text + " y"); strings.Contains(out, first[:8]) || strings.Contains(out, text) {
+				t.Errorf("%s the cache started again: %q shown in %q", name, text, out)
+			}
 		}
 	}
 }
