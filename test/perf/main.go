@@ -32,6 +32,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/smtp-exporter/smtp_exporter/internal/smtptest"
 )
 
 type options struct {
@@ -292,12 +294,11 @@ func (h *harness) build() error {
 }
 
 func (h *harness) startServers() error {
-	pki, err := newTestPKI()
-	if err != nil {
-		return err
-	}
+	// The tests' CA and server certificate (ECDSA P-256, like the lab's),
+	// made in-process.
+	pki := smtptest.Certs()
 	ca := filepath.Join(h.dir, "ca.pem")
-	if err := os.WriteFile(ca, pki.caPEM, 0o600); err != nil {
+	if err := os.WriteFile(ca, pki.CAPEM, 0o600); err != nil {
 		return err
 	}
 	h.hungCA = ca
@@ -305,10 +306,11 @@ func (h *harness) startServers() error {
 	rand.Read(secret)
 	password := hex.EncodeToString(secret)
 	const user = "probe@perf.invalid"
-	if h.goStartTLS, err = startSMTPServer(pki.server, false, user, password); err != nil {
+	var err error
+	if h.goStartTLS, err = startSMTPServer(pki.Server, false, user, password); err != nil {
 		return err
 	}
-	if h.goImplicit, err = startSMTPServer(pki.server, true, user, password); err != nil {
+	if h.goImplicit, err = startSMTPServer(pki.Server, true, user, password); err != nil {
 		return err
 	}
 	goServer := server{
