@@ -151,8 +151,9 @@ func (h *harness) hungProbes() error {
 
 // startHungLimit starts the limit for the held probes: the floor's
 // conversation inside the minimal HTTP server, with the silent server at
-// addr, answering as many bytes as smtp_exporter's answer: what holding a
-// probe costs any exporter that runs it in its HTTP handler.
+// addr, answering 5,000 bytes once it lets go (about what smtp_exporter
+// answers for a failed probe): what holding a probe costs any exporter
+// that runs it in its HTTP handler.
 func (h *harness) startHungLimit(addr string) (*process, error) {
 	self, err := os.Executable()
 	if err != nil {
