@@ -255,12 +255,13 @@ func deriveForms(reg registration) []secretForm {
 	}
 	var forms []secretForm
 	for _, f := range raws {
-		text := string(skeleton(nil, f.text, nil, nil))
-		if len(text) < minSecretLen {
+		skel, _, _ := skeleton(nil, f.text, nil, nil)
+		if len(skel) < minSecretLen {
 			continue
 		}
-		pub := len(skeleton(nil, f.text[:f.public], nil, nil))
-		forms = mergeForm(forms, secretForm{text: text, public: pub, cut: reg.cut, next: kmpNext(text)})
+		text := string(skel)
+		pub, _, _ := skeleton(nil, f.text[:f.public], nil, nil)
+		forms = mergeForm(forms, secretForm{text: text, public: len(pub), cut: reg.cut, next: kmpNext(text)})
 	}
 	return forms
 }
@@ -286,19 +287,21 @@ func skipped(r rune, size int) bool {
 	return r == utf8.RuneError && size == 1 || r == '\t' || shown.Unsafe(r)
 }
 
-// skeleton appends to dst the bytes of s that matching does not skip; pos,
-// when not nil, receives the index in s of each byte appended, and ends
-// the positions in skel where a word ends: before a skipped whitespace, a
-// space, a quote or "...", and at the end of s.
-func skeleton(dst []byte, s string, pos *[]int, ends *[]int) []byte {
-	skel := slices.Grow(dst, len(s))
+// skeleton appends to dst the bytes of s that matching does not skip.
+// When pos is not nil, the index in s of each byte appended is appended to
+// it; when ends is not nil, the positions in the skeleton where a word
+// ends: before a skipped whitespace, a space, a quote or "...", and at the
+// end of s. The lists are returned rather than written through pointers so
+// that a caller's buffers for them can stay on its stack.
+func skeleton(dst []byte, s string, pos, ends []int) (skel []byte, _, _ []int) {
+	skel = slices.Grow(dst, len(s))
 	end := func() {
-		if ends != nil && (len(*ends) == 0 || (*ends)[len(*ends)-1] != len(skel)) {
-			*ends = append(*ends, len(skel))
+		if ends != nil && (len(ends) == 0 || ends[len(ends)-1] != len(skel)) {
+			ends = append(ends, len(skel))
 		}
 	}
 	if pos != nil {
-		*pos = slices.Grow(*pos, len(s))
+		pos = slices.Grow(pos, len(s))
 	}
 	for i := 0; i < len(s); {
 		if c := s[i]; c < utf8.RuneSelf {
@@ -311,7 +314,7 @@ func skeleton(dst []byte, s string, pos *[]int, ends *[]int) []byte {
 			if c >= 0x20 && c != 0x7f {
 				skel = append(skel, c)
 				if pos != nil {
-					*pos = append(*pos, i)
+					pos = append(pos, i)
 				}
 			}
 			i++
@@ -325,14 +328,14 @@ func skeleton(dst []byte, s string, pos *[]int, ends *[]int) []byte {
 			skel = append(skel, s[i:i+size]...)
 			if pos != nil {
 				for j := range size {
-					*pos = append(*pos, i+j)
+					pos = append(pos, i+j)
 				}
 			}
 		}
 		i += size
 	}
 	end()
-	return skel
+	return skel, pos, ends
 }
 
 // maxRedactPasses bounds the passes of redact: a pass can only leave a
@@ -375,8 +378,8 @@ func (r *redactor) redactOnce(raw string) string {
 	// Most texts are short: their skeleton fits on the stack, and their
 	// word ends in one allocation.
 	var skelBuf [256]byte
-	ends := make([]int, 0, 8)
-	skel := skeleton(skelBuf[:0], raw, nil, &ends)
+	var endsBuf [16]int
+	skel, _, ends := skeleton(skelBuf[:0], raw, nil, endsBuf[:0])
 	var hit []bool
 	mark := func(from, to int) {
 		if hit == nil {
@@ -394,8 +397,7 @@ func (r *redactor) redactOnce(raw string) string {
 		return raw
 	}
 	// Where each byte of skel is in raw matters only to cut out a hit.
-	var pos []int
-	skeleton(nil, raw, &pos, nil)
+	_, pos, _ := skeleton(nil, raw, make([]int, 0, len(raw)), nil)
 	var b strings.Builder
 	done := 0
 	for k := 0; k < len(skel); {
@@ -419,7 +421,7 @@ func (r *redactor) redactOnce(raw string) string {
 			if i > 0 {
 				b.WriteByte('\n')
 			}
-			if len(skeleton(nil, line, nil, nil)) > 0 {
+			if skel, _, _ := skeleton(nil, line, nil, nil); len(skel) > 0 {
 				b.WriteString(Redacted)
 			}
 		}
@@ -452,10 +454,17 @@ func (r *redactor) scanBase64(skel []byte, mark func(from, to int)) {
 			j++
 		}
 		if j-i >= minBase64Run {
-			run := strings.TrimRight(string(skel[i:j]), "=")
+			run := bytes.TrimRight(skel[i:j], "=")
+			// Most runs are words and codes that decode to nothing
+			// readable; they are decoded on the stack.
+			var buf [192]byte
+			dst := buf[:]
+			if n := base64.RawStdEncoding.DecodedLen(len(run)); n > len(buf) {
+				dst = make([]byte, n)
+			}
 			for _, enc := range []*base64.Encoding{base64.RawStdEncoding, base64.RawURLEncoding} {
-				if decoded, err := enc.DecodeString(run); err == nil {
-					if text := string(decoded); r.redact(text) != text {
+				if n, err := enc.Decode(dst, run); err == nil {
+					if text := string(dst[:n]); r.redact(text) != text {
 						mark(i, j)
 					}
 					break
