@@ -19,6 +19,10 @@ const (
 	maxTranscriptLineLen = 512
 )
 
+// transcriptLinesStart is the room made for a transcript's lines at its
+// first line: a STARTTLS probe with AUTH and QUIT records some twenty.
+const transcriptLinesStart = 24
+
 // transcript records the conversation and mirrors it to the debug log.
 //
 // Redaction is a small state machine over the AUTH exchange, not a pattern
@@ -187,7 +191,10 @@ func (t *transcript) add(dir Direction, text string) {
 
 // record stores a line already redacted and bounded, and logs it.
 func (t *transcript) record(at time.Duration, dir Direction, text string) {
-	transcriptLine.debug(t.lineLogger, "SMTP "+string(dir), "line", text)
+	transcriptLine.debug(t.lineLogger, lineMessage(dir), "line", text)
+	if t.lines == nil {
+		t.lines = make([]TranscriptLine, 0, transcriptLinesStart)
+	}
 	switch {
 	case len(t.lines) < maxTranscriptLines-1:
 		t.lines = append(t.lines, TranscriptLine{At: at, Dir: dir, Text: text})
@@ -195,6 +202,17 @@ func (t *transcript) record(at time.Duration, dir Direction, text string) {
 		t.truncated = true
 		t.lines = append(t.lines, TranscriptLine{At: at, Dir: Note, Text: "transcript truncated"})
 	}
+}
+
+// lineMessage is the log message of a transcript line.
+func lineMessage(dir Direction) string {
+	switch dir {
+	case Client:
+		return "SMTP C"
+	case Server:
+		return "SMTP S"
+	}
+	return "SMTP " + string(dir)
 }
 
 // callSite logs the records of one place in the code at debug level, as
