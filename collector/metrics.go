@@ -201,13 +201,15 @@ func (c *probeCollector) samples(ch emitFunc) {
 }
 
 func (c *probeCollector) collectPhases(ch emitFunc) {
-	seen := make(map[string]bool, len(c.result.Phases))
+	// A probe has a dozen phases at most: a list on the stack finds them.
+	var seenBuf [16]string
+	seen := seenBuf[:0]
 	for _, p := range c.result.Phases {
 		phase := phaseLabel(p.Phase)
-		if seen[phase] {
+		if slices.Contains(seen, phase) {
 			continue // a duplicate would make the whole scrape fail
 		}
-		seen[phase] = true
+		seen = append(seen, phase)
 		if !p.Ran {
 			gauge(ch, smtpPhaseDurationDesc, 0, phase)
 			gauge(ch, smtpStatusCodeDesc, 0, phase)
@@ -215,7 +217,7 @@ func (c *probeCollector) collectPhases(ch emitFunc) {
 		}
 		gauge(ch, smtpPhaseDurationDesc, p.Duration.Seconds(), phase)
 		gauge(ch, smtpStatusCodeDesc, float64(p.Code), phase)
-		if isEnhancedCode(p.Enhanced) {
+		if prober.IsEnhancedCode(p.Enhanced) {
 			gauge(ch, smtpEnhancedCodeDesc, 1, phase, p.Enhanced)
 		}
 	}
@@ -302,19 +304,6 @@ func earliestExpiry(certs []prober.Certificate) (time.Time, bool) {
 		}
 	}
 	return earliest, !earliest.IsZero()
-}
-
-// isEnhancedCode accepts RFC 3463 class.subject.detail: a class of 2, 4 or 5
-// and two numbers of up to three digits.
-func isEnhancedCode(s string) bool {
-	class, rest, _ := strings.Cut(s, ".")
-	subject, detail, ok := strings.Cut(rest, ".")
-	return ok && (class == "2" || class == "4" || class == "5") && isNumber(subject) && isNumber(detail)
-}
-
-// isNumber accepts one to three digits.
-func isNumber(s string) bool {
-	return s != "" && len(s) <= 3 && strings.Trim(s, "0123456789") == ""
 }
 
 // phaseLabel and identifierLabel keep to the shape of the closed sets the

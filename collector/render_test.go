@@ -217,15 +217,3 @@ func exposition(g prometheus.Gatherer) (string, error) {
 	}
 	return buf.String(), err
 }
-
-func TestIsEnhancedCode(t *testing.T) {
-	for code, want := range map[string]bool{
-		"2.0.0": true, "5.7.8": true, "4.7.0": true, "5.1.10": true, "5.999.999": true,
-		"": false, "x": false, "3.0.0": false, "5.7": false, "5.7.8.1": false, "5..8": false,
-		"5.7.": false, "5.1000.0": false, "5.7.8 ": false, "5.a.8": false, ".5.7.8": false,
-	} {
-		if got := isEnhancedCode(code); got != want {
-			t.Errorf("isEnhancedCode(%q) = %t, want %t", code, got, want)
-		}
-	}
-}

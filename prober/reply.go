@@ -109,32 +109,34 @@ func parseReplyLine(line string, red *redactor) (replyLine, error) {
 	return replyLine{}, protocolErrorf("malformed reply separator in %s", red.quote(line, 40))
 }
 
-// parseEnhanced returns the RFC 3463 code at the start of text, or "":
-// class 2, 4 or 5, subject and detail of one to three digits.
+// parseEnhanced returns the RFC 3463 code at the start of text, or "".
 func parseEnhanced(text string) string {
-	end := strings.IndexByte(text, ' ')
-	if end < 0 {
-		end = len(text)
-	}
-	candidate := text[:end]
-	parts := strings.Split(candidate, ".")
-	if len(parts) != 3 {
+	candidate, _, _ := strings.Cut(text, " ")
+	if !IsEnhancedCode(candidate) {
 		return ""
-	}
-	if parts[0] != "2" && parts[0] != "4" && parts[0] != "5" {
-		return ""
-	}
-	for _, p := range parts[1:] {
-		if len(p) < 1 || len(p) > 3 {
-			return ""
-		}
-		for i := 0; i < len(p); i++ {
-			if p[i] < '0' || p[i] > '9' {
-				return ""
-			}
-		}
 	}
 	return candidate
+}
+
+// IsEnhancedCode reports whether s is an RFC 3463 code, class.subject.detail:
+// a class of 2, 4 or 5, a subject and a detail of one to three digits.
+func IsEnhancedCode(s string) bool {
+	class, rest, _ := strings.Cut(s, ".")
+	subject, detail, ok := strings.Cut(rest, ".")
+	return ok && (class == "2" || class == "4" || class == "5") && isCodeNumber(subject) && isCodeNumber(detail)
+}
+
+// isCodeNumber accepts one to three digits.
+func isCodeNumber(s string) bool {
+	if s == "" || len(s) > 3 {
+		return false
+	}
+	for i := range len(s) {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // codeMatches follows net/textproto: expect 2 accepts any 2xx, 25 any 25x,
