@@ -38,6 +38,7 @@ import (
 
 type options struct {
 	duration    time.Duration
+	repeat      int
 	concurrency []int
 	smoke       bool
 	labEnv      string
@@ -78,6 +79,7 @@ func run() int {
 	var spec floorSpec
 	fs := flag.NewFlagSet("perf", flag.ContinueOnError)
 	fs.DurationVar(&o.duration, "duration", 5*time.Second, "length of each throughput run")
+	fs.IntVar(&o.repeat, "repeat", 1, "runs of each throughput cell, in alternating order; the run with the median CPU per probe is reported")
 	fs.StringVar(&conc, "concurrency", "1,8,64", "concurrent probes of the throughput runs, comma-separated")
 	fs.BoolVar(&o.smoke, "smoke", false, "only check that every arm works: short runs, 20 hung probes, no benchmarks")
 	fs.StringVar(&o.labEnv, "lab", os.Getenv("SMTP_EXPORTER_LAB"), "env file of a running test/lab (default $SMTP_EXPORTER_LAB); empty skips Postfix")
@@ -118,8 +120,8 @@ func run() int {
 		}
 		o.concurrency = append(o.concurrency, n)
 	}
-	if o.settle < 0 || o.settle > 5*time.Minute || o.duration <= 0 || o.duration > 5*time.Minute || o.hung < 1 || o.hung > 5000 || o.phaseProbes < 1 || o.phaseProbes > 5000 {
-		fmt.Fprintln(os.Stderr, "perf: -duration must be in (0, 5m], -settle in [0, 5m], -hung and -phase-probes in [1, 5000]")
+	if o.settle < 0 || o.settle > 5*time.Minute || o.duration <= 0 || o.duration > 5*time.Minute || o.hung < 1 || o.hung > 5000 || o.phaseProbes < 1 || o.phaseProbes > 5000 || o.repeat < 1 || o.repeat > 9 {
+		fmt.Fprintln(os.Stderr, "perf: -duration must be in (0, 5m], -settle in [0, 5m], -hung and -phase-probes in [1, 5000], -repeat in [1, 9]")
 		return 2
 	}
 	if o.smoke {
@@ -129,6 +131,7 @@ func run() int {
 		o.settle = 0
 		o.phaseProbes = 5
 		o.bench = false
+		o.repeat = 1
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -57,6 +57,9 @@ func (r *report) String() string {
 func (r *report) throughputTable(p func(string, ...any)) {
 	p("### Throughput and cost\n\n")
 	p("Conversation: banner, EHLO, STARTTLS, EHLO, [AUTH PLAIN], QUIT and its 221, certificates verified, closed loop at each concurrency for %s. ", r.o.duration)
+	if r.o.repeat > 1 {
+		p("Each cell was run %d times, the arms in alternating order (as listed, then reversed); the run shown is the one with the median CPU per probe. ", r.o.repeat)
+	}
 	p("The limit is the floor's conversation held inside a minimal Go HTTP server, one per /probe request, answering as many bytes as smtp_exporter does, to the same client over keep-alive loopback connections. ")
 	p("CPU is user + system of the prober's process only (the floor's own child process; the limit's and the exporters' PID, HTTP serving included); the server's and the load client's are not counted. ")
 	p("\"× floor\" and \"× limit\" divide by their CPU per probe at the same server, concurrency and AUTH. Runs marked \"sat\" had more than %.0f%% of all CPUs busy.\n\n", saturated*100)

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 )
@@ -73,59 +75,89 @@ func (h *harness) startLimits(exporter *process, s server) (limit, limitAuth *pr
 	return limit, limitAuth, nil
 }
 
+// throughputOf runs every arm against server s at each concurrency,
+// -repeat times: in the listed order, then in the reverse order, and so
+// on, so that a machine getting busier during the runs weighs on every arm
+// alike. Of an arm's runs, the one with the median CPU per probe is
+// reported.
 func (h *harness) throughputOf(s server, exporter, blackbox, limit, limitAuth *process) error {
+	arms := []string{armFloor, armLimit, armExporter, armBlackbox, armFloorAuth, armLimitAuth, armExporterAuth}
+	if blackbox == nil {
+		arms = slices.DeleteFunc(arms, func(a string) bool { return a == armBlackbox })
+	}
 	for _, c := range h.o.concurrency {
 		// Unmeasured: Postfix starts an smtpd process per concurrent
 		// session when the concurrency rises, which would be charged
 		// to whichever arm came first.
 		h.floorCell(s, c, false, true, s.starttls, false, min(time.Second, h.o.duration), 1000000, "")
-		for _, arm := range []string{armFloor, armLimit, armExporter, armBlackbox, armFloorAuth, armLimitAuth, armExporterAuth} {
-			if h.ctx.Err() != nil {
-				return h.ctx.Err()
+		runs := map[string][]cell{}
+		for rep := range h.o.repeat {
+			order := slices.Clone(arms)
+			if rep%2 == 1 {
+				slices.Reverse(order)
 			}
-			var r cell
-			switch arm {
-			case armFloor, armFloorAuth:
-				profile := ""
-				if h.o.pprofDir != "" {
-					profile = filepath.Join(h.o.pprofDir, profileName(s.name, arm, c))
+			for _, arm := range order {
+				if h.ctx.Err() != nil {
+					return h.ctx.Err()
 				}
-				r = h.floorCell(s, c, arm == armFloorAuth, true, s.starttls, false, h.o.duration, 1000000, profile)
-			case armLimit:
-				r = h.exporterCell(limit, s.name, "starttls", s.starttls, c, h.o.duration, 1000000)
-			case armLimitAuth:
-				r = h.exporterCell(limitAuth, s.name, "starttls", s.starttls, c, h.o.duration, 1000000)
-			case armExporter, armExporterAuth:
-				kind := "starttls"
-				if arm == armExporterAuth {
-					kind = "starttls_auth"
+				r := h.throughputCell(s, arm, c, exporter, blackbox, limit, limitAuth)
+				h.logf("%-8s %-22s c=%-3d %7.1f probes/s  p50 %-9s p99 %-9s cpu/1000 %.3fs  busy %3.0f%%  failures %d",
+					s.name, arm, c, r.rate(), fmtDur(r.p50()), fmtDur(r.p99()), r.cpuPer1000(), 100*r.busy, r.failures)
+				if r.probes == 0 || r.failures > 0 {
+					h.fail("%s %s c=%d: %d of %d probes failed: %s", s.name, arm, c, r.failures, r.probes, r.firstErr)
 				}
-				var profiled chan error
-				if h.pprofAddr != "" {
-					profiled = profileDuring(h.pprofAddr, h.o.duration, filepath.Join(h.o.pprofDir, profileName(s.name, arm, c)))
-				}
-				r = h.exporterCell(exporter, s.name, kind, s.starttls, c, h.o.duration, 1000000)
-				if profiled != nil {
-					if err := <-profiled; err != nil {
-						h.logf("CPU profile: %v", err)
-					}
-				}
-			case armBlackbox:
-				if blackbox == nil {
-					continue
-				}
-				r = h.exporterCell(blackbox, s.name, "starttls", s.starttls, c, h.o.duration, 1000000)
+				runs[arm] = append(runs[arm], r)
 			}
-			r.server, r.arm, r.concurrency = s.name, arm, c
-			h.logf("%-8s %-22s c=%-3d %7.1f probes/s  p50 %-9s p99 %-9s cpu/1000 %.3fs  busy %3.0f%%  failures %d",
-				s.name, arm, c, r.rate(), fmtDur(r.p50()), fmtDur(r.p99()), r.cpuPer1000(), 100*r.busy, r.failures)
-			if r.probes == 0 || r.failures > 0 {
-				h.fail("%s %s c=%d: %d of %d probes failed: %s", s.name, arm, c, r.failures, r.probes, r.firstErr)
-			}
-			h.report.cells = append(h.report.cells, r)
+		}
+		for _, arm := range arms {
+			h.report.cells = append(h.report.cells, medianCell(runs[arm]))
 		}
 	}
 	return nil
+}
+
+// throughputCell runs one arm once.
+func (h *harness) throughputCell(s server, arm string, c int, exporter, blackbox, limit, limitAuth *process) cell {
+	var r cell
+	switch arm {
+	case armFloor, armFloorAuth:
+		profile := ""
+		if h.o.pprofDir != "" {
+			profile = filepath.Join(h.o.pprofDir, profileName(s.name, arm, c))
+		}
+		r = h.floorCell(s, c, arm == armFloorAuth, true, s.starttls, false, h.o.duration, 1000000, profile)
+	case armLimit:
+		r = h.exporterCell(limit, s.name, "starttls", s.starttls, c, h.o.duration, 1000000)
+	case armLimitAuth:
+		r = h.exporterCell(limitAuth, s.name, "starttls", s.starttls, c, h.o.duration, 1000000)
+	case armExporter, armExporterAuth:
+		kind := "starttls"
+		if arm == armExporterAuth {
+			kind = "starttls_auth"
+		}
+		var profiled chan error
+		if h.pprofAddr != "" {
+			profiled = profileDuring(h.pprofAddr, h.o.duration, filepath.Join(h.o.pprofDir, profileName(s.name, arm, c)))
+		}
+		r = h.exporterCell(exporter, s.name, kind, s.starttls, c, h.o.duration, 1000000)
+		if profiled != nil {
+			if err := <-profiled; err != nil {
+				h.logf("CPU profile: %v", err)
+			}
+		}
+	case armBlackbox:
+		r = h.exporterCell(blackbox, s.name, "starttls", s.starttls, c, h.o.duration, 1000000)
+	}
+	r.server, r.arm, r.concurrency = s.name, arm, c
+	return r
+}
+
+// medianCell returns the run with the median CPU per probe (the higher of
+// the two middle ones for an even count).
+func medianCell(runs []cell) cell {
+	sorted := slices.Clone(runs)
+	slices.SortFunc(sorted, func(a, b cell) int { return cmp.Compare(a.cpuPer1000(), b.cpuPer1000()) })
+	return sorted[len(sorted)/2]
 }
 
 // cell is one throughput run.
