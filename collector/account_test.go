@@ -1,7 +1,9 @@
 package collector
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/smtp-exporter/smtp_exporter/config"
 	"github.com/smtp-exporter/smtp_exporter/internal/smtptest"
+	"github.com/smtp-exporter/smtp_exporter/prober"
 )
 
 // With the real prober: one wrong password, tried through two modules and
@@ -165,6 +168,48 @@ func TestInlinePasswordChangeEndsReuse(t *testing.T) {
 	}
 	if body := env.get(t, env.handler, query, nil).Body.String(); !strings.Contains(body, "probe_success 1\n") {
 		t.Errorf("after the password changed in the file and a reload, the old result is served:\n%s", body)
+	}
+	if n := len(srv.Auths()); n != 2 {
+		t.Errorf("%d logins, want 2", n)
+	}
+}
+
+// The gate's account and the login take the password from one reading of
+// its file: the file rewritten after the request read it, while the probe
+// runs, does not change the password that probe logs in with (before, the
+// prober read the file again, and a hold could be keyed on a secret other
+// than the one refused); the next request reads the new one.
+func TestOneReadingOfTheSecretsPerRequest(t *testing.T) {
+	const username = "probe@example.net"
+	srv := smtptest.NewServer(t, smtptest.Options{Username: username, Password: "the-password"})
+	passFile := filepath.Join(t.TempDir(), "probe.pass")
+	write := func(password string) {
+		if err := os.WriteFile(passFile, []byte(password+"\n"), 0o600); err != nil {
+			t.Error(err)
+		}
+	}
+	write("the-password")
+	cfg := newTestConfig(t, fmt.Sprintf(`modules:
+  submission:
+    timeout: 5s
+    smtp:
+      tls: none
+      preferred_ip_protocol: ip4
+      allow_plaintext_auth: true
+      auth: {username: %s, password_file: %q}
+      allowed_targets: ["127.0.0.1"]
+`, username, passFile))
+	probe := func(ctx context.Context, target prober.Target, module config.Module, probeID string, logger *slog.Logger) *prober.Result {
+		write("another-password") // after the request read the file, before the login
+		return prober.ProbeTarget(ctx, target, module, probeID, logger)
+	}
+	env := newTestEnv(t, HandlerOpts{Config: cfg, Probe: probe, Resolve: prober.Resolve})
+	query := "module=submission&target=" + url.QueryEscape(srv.Addr())
+	if body := env.get(t, env.handler, query, nil).Body.String(); !strings.Contains(body, "probe_success 1\n") {
+		t.Fatalf("the login did not use the password the request read:\n%s", body)
+	}
+	if body := env.get(t, env.handler, query, nil).Body.String(); !strings.Contains(body, `reason="auth_rejected"`) {
+		t.Errorf("the next request did not read the file afresh:\n%s", body)
 	}
 	if n := len(srv.Auths()); n != 2 {
 		t.Errorf("%d logins, want 2", n)

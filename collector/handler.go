@@ -215,6 +215,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // show. The error is errBusy, or ctx's when the caller went away while
 // waiting for another request's probe.
 func (h *Handler) answer(ctx context.Context, target, moduleName string, module config.Module, text moduleText, timeout time.Duration) (*Entry, error) {
+	// The gate's account and the probe's login take the secrets from one
+	// reading of their files. When a file cannot be read the module goes
+	// as it is, and the prober reports the failure.
+	if a := module.SMTP.Auth; a != nil {
+		if read, err := a.WithSecretsRead(); err == nil {
+			module.SMTP.Auth = read
+		}
+	}
 	deadline := time.Now().Add(timeout)
 	// A probe runs to its own deadline and is not cancelled when the
 	// request that started it goes away, since others may be waiting for

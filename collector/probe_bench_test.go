@@ -99,7 +99,8 @@ func BenchmarkRenderMetrics(b *testing.B) {
 // prober that returns at once; "1000 modules" does the same with a thousand
 // modules configured, which must cost the same; "session" runs the real
 // prober against an in-process STARTTLS server with AUTH PLAIN, "session
-// without auth" the same module without its auth block.
+// without auth" the same module without its auth block, "session,
+// password_file" with the password in a file.
 func BenchmarkProbeHandler(b *testing.B) {
 	module := func(name, yaml string) string { return "  " + name + ":\n" + yaml }
 	canned := `    timeout: 10s
@@ -140,12 +141,12 @@ func BenchmarkProbeHandler(b *testing.B) {
 		h := NewHandler(HandlerOpts{Config: benchConfig(b, modules.String()), Probe: fake, History: NewHistory(100)})
 		serve(b, h, query)
 	})
-	for _, auth := range []bool{false, true} {
-		name := "session"
-		if !auth {
-			name = "session without auth"
-		}
-		b.Run(name, func(b *testing.B) {
+	for _, tc := range []struct{ name, auth string }{
+		{"session without auth", ""},
+		{"session", "password: %q"},
+		{"session, password_file", "password_file: %q"},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
 			const user, password = "probe@example.net", "bench-password"
 			srv := smtptest.NewServer(b, smtptest.Options{TLS: smtptest.StartTLS, Username: user, Password: password, AuthRequiresTLS: true})
 			yaml := fmt.Sprintf(`    timeout: 10s
@@ -154,10 +155,17 @@ func BenchmarkProbeHandler(b *testing.B) {
       preferred_ip_protocol: ip4
       tls_config: {ca_file: %q}
 `, smtptest.Certs().WriteCAFile(b))
-			if auth {
-				yaml += fmt.Sprintf(`      auth: {mechanism: PLAIN, username: %q, password: %q}
+			if tc.auth != "" {
+				secret := password
+				if strings.HasPrefix(tc.auth, "password_file") {
+					secret = filepath.Join(b.TempDir(), "password")
+					if err := os.WriteFile(secret, []byte(password+"\n"), 0o600); err != nil {
+						b.Fatal(err)
+					}
+				}
+				yaml += fmt.Sprintf(`      auth: {mechanism: PLAIN, username: %q, `+tc.auth+`}
       allowed_targets: ["127.0.0.1"]
-`, user, password)
+`, user, secret)
 			}
 			h := NewHandler(HandlerOpts{Config: benchConfig(b, module("submission", yaml)), History: NewHistory(100)})
 			serve(b, h, "module=submission&target="+url.QueryEscape(srv.Addr()))

@@ -177,3 +177,86 @@ func TestAccount(t *testing.T) {
 		t.Error("missing password file hashed without error")
 	}
 }
+
+// TestWithSecretsRead: the copy answers with the secrets as they were when
+// it was made, however the files change after; the original reads them
+// afresh; an Auth without secret files is returned as it is; a file that
+// cannot be read is an error naming it.
+func TestWithSecretsRead(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		t.Helper()
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	// secrets is what the Auth's Read methods give, as one string.
+	secrets := func(a *Auth) string {
+		t.Helper()
+		var parts []string
+		for _, read := range []func() (string, error){a.ReadPassword, a.ReadToken} {
+			if s, err := read(); err == nil {
+				parts = append(parts, s)
+			}
+		}
+		if o := a.OAuth2; o != nil {
+			for _, read := range []func() (string, error){o.ReadClientSecret, o.ReadRefreshToken} {
+				s, err := read()
+				if err != nil {
+					t.Fatal(err)
+				}
+				parts = append(parts, s)
+			}
+		}
+		return strings.Join(parts, "|")
+	}
+	for _, tc := range []struct {
+		name   string
+		auth   *Auth
+		change func()
+	}{
+		{"password_file", &Auth{Username: "u", PasswordFile: write("pass", "password-1\n")}, func() { write("pass", "password-2\n") }},
+		{"token_file", &Auth{Username: "u", TokenFile: write("token", "token-1")}, func() { write("token", "token-2") }},
+		{"oauth2", &Auth{Username: "u", OAuth2: &OAuth2{ClientID: "c", ClientSecretFile: write("secret", "secret-1"), RefreshTokenFile: write("refresh", "refresh-1")}},
+			func() { write("secret", "secret-2"); write("refresh", "refresh-2") }},
+	} {
+		read, err := tc.auth.WithSecretsRead()
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		want, wantAccount := secrets(tc.auth), mustAccount(t, tc.auth)
+		tc.change()
+		if got := secrets(read); got != want {
+			t.Errorf("%s: the copy gives %q after the files changed, want %q as read", tc.name, got, want)
+		}
+		if got := mustAccount(t, read); got != wantAccount {
+			t.Errorf("%s: the copy's account changed with the files", tc.name)
+		}
+		if secrets(tc.auth) == want || mustAccount(t, tc.auth) == wantAccount {
+			t.Errorf("%s: the original does not read the files afresh", tc.name)
+		}
+		if read.PasswordFile != tc.auth.PasswordFile || read.TokenFile != tc.auth.TokenFile {
+			t.Errorf("%s: the copy lost the files' names", tc.name)
+		}
+	}
+
+	inline := &Auth{Username: "u", Password: "inline", OAuth2: nil}
+	if read, err := inline.WithSecretsRead(); err != nil || read != inline {
+		t.Errorf("an Auth without secret files: got %p, %v; want itself", read, err)
+	}
+	missing := &Auth{Username: "u", PasswordFile: filepath.Join(dir, "missing")}
+	if _, err := missing.WithSecretsRead(); err == nil || !strings.Contains(err.Error(), "password_file") {
+		t.Errorf("a missing password file: %v, want an error naming password_file", err)
+	}
+}
+
+func mustAccount(t *testing.T, a *Auth) Account {
+	t.Helper()
+	acc, err := a.Account()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return acc
+}

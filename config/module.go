@@ -114,6 +114,14 @@ type Auth struct {
 	TokenFile string `yaml:"token_file,omitempty"`
 	// OAuth2 obtains the access token from a token endpoint.
 	OAuth2 *OAuth2 `yaml:"oauth2,omitempty"`
+
+	// read holds the secrets of the files as WithSecretsRead read them.
+	read *readSecrets
+}
+
+// readSecrets are the contents of a module's secret files at one moment.
+type readSecrets struct {
+	password, token, clientSecret, refreshToken string
 }
 
 // OAuth2 is an OAuth 2.0 client that obtains access tokens with the client
@@ -130,6 +138,9 @@ type OAuth2 struct {
 	RefreshTokenFile string `yaml:"refresh_token_file,omitempty"`
 	// TLSConfig is used to reach the token endpoint.
 	TLSConfig promconfig.TLSConfig `yaml:"tls_config,omitempty"`
+
+	// read holds the secrets of the files as Auth.WithSecretsRead read them.
+	read *readSecrets
 }
 
 // Defaults, applied before a module's YAML is decoded over them.
@@ -194,7 +205,46 @@ func (a *Auth) ReadPassword() (string, error) {
 	if a.PasswordFile == "" {
 		return string(a.Password), nil
 	}
+	if a.read != nil {
+		return a.read.password, nil
+	}
 	return readSecretFile("password_file", a.PasswordFile)
+}
+
+// WithSecretsRead returns a copy of a whose secret files are read now: its
+// Read methods and Account give what was read then, without reading again,
+// so that everything one probe does (the account the gate keys holds on,
+// the login) sees the same secrets, each file read once. The copy keeps
+// the files' names for the messages that name them. Without secret files
+// it returns a itself.
+func (a *Auth) WithSecretsRead() (*Auth, error) {
+	o := a.OAuth2
+	if a.PasswordFile == "" && a.TokenFile == "" && (o == nil || o.ClientSecretFile == "" && o.RefreshTokenFile == "") {
+		return a, nil
+	}
+	var read readSecrets
+	var err error
+	switch {
+	case a.TokenFile != "":
+		read.token, err = a.ReadToken()
+	case o != nil:
+		if read.clientSecret, err = o.ReadClientSecret(); err == nil {
+			read.refreshToken, err = o.ReadRefreshToken()
+		}
+	default:
+		read.password, err = a.ReadPassword()
+	}
+	if err != nil {
+		return nil, err
+	}
+	c := *a
+	c.read = &read
+	if o != nil {
+		oc := *o
+		oc.read = &read
+		c.OAuth2 = &oc
+	}
+	return &c, nil
 }
 
 // UsesToken reports whether the module logs in with a bearer token rather
@@ -214,6 +264,9 @@ func (a *Auth) AutoMechanisms() []string {
 
 // ReadToken returns the access token in token_file, read afresh.
 func (a *Auth) ReadToken() (string, error) {
+	if a.read != nil && a.TokenFile != "" {
+		return a.read.token, nil
+	}
 	return readSecretFile("token_file", a.TokenFile)
 }
 
@@ -223,6 +276,9 @@ func (o *OAuth2) ReadClientSecret() (string, error) {
 	if o.ClientSecretFile == "" {
 		return string(o.ClientSecret), nil
 	}
+	if o.read != nil {
+		return o.read.clientSecret, nil
+	}
 	return readSecretFile("client_secret_file", o.ClientSecretFile)
 }
 
@@ -231,6 +287,9 @@ func (o *OAuth2) ReadClientSecret() (string, error) {
 func (o *OAuth2) ReadRefreshToken() (string, error) {
 	if o.RefreshTokenFile == "" {
 		return "", nil
+	}
+	if o.read != nil {
+		return o.read.refreshToken, nil
 	}
 	return readSecretFile("refresh_token_file", o.RefreshTokenFile)
 }
@@ -247,7 +306,8 @@ type Account struct {
 }
 
 // Account returns the module's account, reading the secrets from their
-// files afresh. It keeps no secret.
+// files afresh (or taking them as WithSecretsRead read them). It keeps no
+// secret.
 func (a *Auth) Account() (Account, error) {
 	var parts []string
 	switch {
