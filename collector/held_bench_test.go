@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/smtp-exporter/smtp_exporter/internal/smtptest"
 )
@@ -47,12 +48,11 @@ func BenchmarkHeldProbe(b *testing.B) {
 	}()
 
 	var yaml strings.Builder
-	yaml.WriteString("modules:\n")
 	ca := smtptest.Certs().WriteCAFile(b)
 	for i := range heldProbes {
 		fmt.Fprintf(&yaml, "  held%d:\n    timeout: 10m\n    smtp:\n      tls: starttls\n      tls_config: {ca_file: %q}\n", i, ca)
 	}
-	handler := NewHandler(HandlerOpts{Config: benchConfig(b, strings.TrimPrefix(yaml.String(), "modules:\n")), MaxConcurrent: heldProbes, History: NewHistory(100)})
+	handler := NewHandler(HandlerOpts{Config: benchConfig(b, yaml.String()), MaxConcurrent: heldProbes, History: NewHistory(100)})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -82,7 +82,11 @@ func BenchmarkHeldProbe(b *testing.B) {
 		}
 		servers := make([]net.Conn, heldProbes)
 		for i := range servers {
-			servers[i] = <-accepted
+			select {
+			case servers[i] = <-accepted:
+			case <-time.After(time.Minute): // a bound, not a wait: a probe that never connects
+				b.Fatalf("%d of %d probes reached the silent server", i, heldProbes)
+			}
 		}
 		runtime.GC()
 		runtime.GC()
