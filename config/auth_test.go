@@ -110,28 +110,13 @@ modules:
 // hold after a rejection spans the account's modules and ends with a new
 // password; neither is the secret itself.
 func TestAccount(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, content string) string {
-		t.Helper()
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
+	write := fileWriter(t)
 	passFile := write("pass", "first-password\n")
 	tokenFile := write("token", "token-1")
 	secretFile := write("secret", "client-secret-1")
 	refreshFile := write("refresh", "refresh-1")
 
-	account := func(a *Auth) Account {
-		t.Helper()
-		acc, err := a.Account()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return acc
-	}
+	account := func(a *Auth) Account { t.Helper(); return mustAccount(t, a) }
 	hash := func(a *Auth) [32]byte { return account(a).Secret }
 	id := func(a *Auth) [32]byte { return account(a).ID }
 	for _, tc := range []struct {
@@ -173,7 +158,7 @@ func TestAccount(t *testing.T) {
 	if id(&Auth{Username: "a", OAuth2: &OAuth2{ClientID: "c1", ClientSecret: "s"}}) == id(&Auth{Username: "a", OAuth2: &OAuth2{ClientID: "c2", ClientSecret: "s"}}) {
 		t.Error("two OAuth clients are one account")
 	}
-	if _, err := (&Auth{PasswordFile: filepath.Join(dir, "missing")}).Account(); err == nil {
+	if _, err := (&Auth{PasswordFile: filepath.Join(t.TempDir(), "missing")}).Account(); err == nil {
 		t.Error("missing password file hashed without error")
 	}
 }
@@ -183,15 +168,7 @@ func TestAccount(t *testing.T) {
 // afresh; an Auth without secret files is returned as it is; a file that
 // cannot be read is an error naming it.
 func TestWithSecretsRead(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, content string) string {
-		t.Helper()
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
+	write := fileWriter(t)
 	// secrets is what the Auth's Read methods give, as one string.
 	secrets := func(a *Auth) string {
 		t.Helper()
@@ -246,9 +223,23 @@ func TestWithSecretsRead(t *testing.T) {
 	if read, err := inline.WithSecretsRead(); err != nil || read != inline {
 		t.Errorf("an Auth without secret files: got %p, %v; want itself", read, err)
 	}
-	missing := &Auth{Username: "u", PasswordFile: filepath.Join(dir, "missing")}
+	missing := &Auth{Username: "u", PasswordFile: filepath.Join(t.TempDir(), "missing")}
 	if _, err := missing.WithSecretsRead(); err == nil || !strings.Contains(err.Error(), "password_file") {
 		t.Errorf("a missing password file: %v, want an error naming password_file", err)
+	}
+}
+
+// fileWriter returns a function that writes a file in a directory of the
+// test's and returns its path.
+func fileWriter(t *testing.T) func(name, content string) string {
+	dir := t.TempDir()
+	return func(name, content string) string {
+		t.Helper()
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
 	}
 }
 
