@@ -127,17 +127,7 @@ func IsEnhancedCode(s string) bool {
 }
 
 // isCodeNumber accepts one to three digits.
-func isCodeNumber(s string) bool {
-	if s == "" || len(s) > 3 {
-		return false
-	}
-	for i := range len(s) {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
-}
+func isCodeNumber(s string) bool { return len(s) >= 1 && len(s) <= 3 && isDigits(s) }
 
 // codeMatches follows net/textproto: expect 2 accepts any 2xx, 25 any 25x,
 // 250 only 250.
