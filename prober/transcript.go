@@ -211,6 +211,8 @@ func lineMessage(dir Direction) string {
 		return "SMTP C"
 	case Server:
 		return "SMTP S"
+	case Note:
+		return "SMTP *"
 	}
 	return "SMTP " + string(dir)
 }
