@@ -199,7 +199,7 @@ func TestOneReadingOfTheSecretsPerRequest(t *testing.T) {
       auth: {username: %s, password_file: %q}
       allowed_targets: ["127.0.0.1"]
 `, username, passFile))
-	probe := func(ctx context.Context, target prober.Target, module config.Module, probeID string, logger *slog.Logger) *prober.Result {
+	probe := func(ctx context.Context, target prober.Target, module *config.Module, probeID string, logger *slog.Logger) *prober.Result {
 		write("another-password") // after the request read the file, before the login
 		return prober.ProbeTarget(ctx, target, module, probeID, logger)
 	}

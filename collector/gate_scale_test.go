@@ -125,7 +125,7 @@ func TestGateMemory(t *testing.T) {
 	g := newGate(results, 0)
 
 	probe := func(i int) {
-		res := prober.Probe(context.Background(), srv.Addr(), module, "p", nil)
+		res := prober.Probe(context.Background(), srv.Addr(), &module, "p", nil)
 		if !res.Success {
 			t.Fatalf("probe %d failed: %+v", i, res.Failure)
 		}

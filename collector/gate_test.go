@@ -467,7 +467,7 @@ func TestGateSlots(t *testing.T) {
 // a timeout of its own, says why, and adds nothing to the history.
 func TestHandlerWaiterPastItsDeadline(t *testing.T) {
 	entered, release := make(chan struct{}), make(chan struct{})
-	blocking := func(ctx context.Context, _ prober.Target, _ config.Module, _ string, _ *slog.Logger) *prober.Result {
+	blocking := func(ctx context.Context, _ prober.Target, _ *config.Module, _ string, _ *slog.Logger) *prober.Result {
 		close(entered)
 		select {
 		case <-release:

@@ -23,7 +23,7 @@ import (
 
 // ProbeFunc runs one probe of a resolved target. prober.ProbeTarget is the
 // real one; tests pass fakes.
-type ProbeFunc func(ctx context.Context, target prober.Target, module config.Module, probeID string, logger *slog.Logger) *prober.Result
+type ProbeFunc func(ctx context.Context, target prober.Target, module *config.Module, probeID string, logger *slog.Logger) *prober.Result
 
 // ResolveFunc parses, resolves and checks a target. prober.Resolve is the
 // real one; tests that must not look names up pass their own.
@@ -214,10 +214,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // probe run now, or one that stands in for it), turn it into the entry to
 // show. The error is errBusy, or ctx's when the caller went away while
 // waiting for another request's probe.
-func (h *Handler) answer(ctx context.Context, target, moduleName string, module config.Module, text moduleText, timeout time.Duration) (*Entry, error) {
+func (h *Handler) answer(ctx context.Context, target, moduleName string, module *config.Module, text moduleText, timeout time.Duration) (*Entry, error) {
 	// The gate's account and the probe's login take the secrets from one
-	// reading of their files. When a file cannot be read the module goes
-	// as it is, and the prober reports the failure.
+	// reading of their files, kept in the request's own copy of the module
+	// (lookup's). When a file cannot be read the module goes as it is, and
+	// the prober reports the failure.
 	if a := module.SMTP.Auth; a != nil {
 		if read, err := a.WithSecretsRead(); err == nil {
 			module.SMTP.Auth = read
@@ -266,14 +267,14 @@ func writeExposition(w http.ResponseWriter, r *http.Request, params url.Values, 
 // reusable reports whether a module's results can be returned again, and
 // so whether its responses carry probe_smtp_result_age_seconds: always the
 // same for a module, so that the series does not come and go.
-func reusable(module config.Module) bool {
+func reusable(module *config.Module) bool {
 	return module.MinInterval > 0 || authBackoff(module) > 0
 }
 
 // authBackoff is how long a rejection holds further logins of the module;
 // 0 when it does not apply: without auth, or when a refusal is what the
 // module expects.
-func authBackoff(module config.Module) time.Duration {
+func authBackoff(module *config.Module) time.Duration {
 	if module.SMTP.Auth == nil || module.SMTP.ExpectAuthRejected {
 		return 0
 	}
@@ -282,7 +283,7 @@ func authBackoff(module config.Module) time.Duration {
 
 // gateRequest describes a request to the gate. The credentials are read
 // afresh, so that a changed password file ends a hold at once.
-func (h *Handler) gateRequest(module config.Module, moduleName string, text moduleText, dest prober.Target, deadline time.Time) gateRequest {
+func (h *Handler) gateRequest(module *config.Module, moduleName string, text moduleText, dest prober.Target, deadline time.Time) gateRequest {
 	req := gateRequest{
 		key:         resultKey{module: moduleName, fingerprint: text.fingerprint, address: dest.Address()},
 		minInterval: time.Duration(module.MinInterval),
@@ -301,7 +302,7 @@ func (h *Handler) gateRequest(module config.Module, moduleName string, text modu
 // present turns the gate's answer into the entry to show. Only a probe run
 // for this request is in the history; an answer that stands in for one
 // says so at the top of its log, and in its age.
-func (h *Handler) present(ans Answer, target, moduleName string, module config.Module, text moduleText, timeout time.Duration) *Entry {
+func (h *Handler) present(ans Answer, target, moduleName string, module *config.Module, text moduleText, timeout time.Duration) *Entry {
 	if ans.Released {
 		h.logger.Info("Releasing the hold on the account's logins: its credentials changed", "module", moduleName, "target", target)
 	}
@@ -347,7 +348,7 @@ func (h *Handler) present(ans Answer, target, moduleName string, module config.M
 }
 
 // collectorFor returns the collector of the metrics of result.
-func (h *Handler) collectorFor(result *prober.Result, timeout time.Duration, module config.Module, age time.Duration) sampler {
+func (h *Handler) collectorFor(result *prober.Result, timeout time.Duration, module *config.Module, age time.Duration) sampler {
 	if reusable(module) {
 		return newProbeCollector(result, timeout, &age)
 	}
@@ -365,7 +366,7 @@ func (h *Handler) exposition(c sampler, log *slog.Logger) string {
 }
 
 // run probes target and returns the history entry.
-func (h *Handler) run(ctx context.Context, dest prober.Target, target, moduleName string, module config.Module, text moduleText, timeout time.Duration) *Entry {
+func (h *Handler) run(ctx context.Context, dest prober.Target, target, moduleName string, module *config.Module, text moduleText, timeout time.Duration) *Entry {
 	id, probeID := h.history.newID()
 	plog := newProbeLog(h.logger, h.probeLogLevel, DefaultProbeLogLimit,
 		"module", moduleName, "target", target, "probe_id", probeID)
@@ -413,7 +414,7 @@ func (h *Handler) run(ctx context.Context, dest prober.Target, target, moduleNam
 // runProbe calls the prober, turning a panic into a failed probe so that
 // one bad reply cannot leave a semaphore slot taken or kill the scrape
 // without a trace.
-func (h *Handler) runProbe(ctx context.Context, target prober.Target, module config.Module, probeID string, plog *probeLog) (result *prober.Result) {
+func (h *Handler) runProbe(ctx context.Context, target prober.Target, module *config.Module, probeID string, plog *probeLog) (result *prober.Result) {
 	defer func() {
 		if p := recover(); p != nil {
 			plog.probe.Error("Prober panicked", "panic", fmt.Sprint(p))

@@ -77,10 +77,10 @@ type fakeProber struct {
 	result func() *prober.Result
 }
 
-func (f *fakeProber) probe(ctx context.Context, target prober.Target, module config.Module, probeID string, logger *slog.Logger) *prober.Result {
+func (f *fakeProber) probe(ctx context.Context, target prober.Target, module *config.Module, probeID string, logger *slog.Logger) *prober.Result {
 	deadline, _ := ctx.Deadline()
 	f.mu.Lock()
-	f.calls = append(f.calls, probeCall{target: target.Address(), module: module, probeID: probeID, deadline: deadline, calledAt: time.Now()})
+	f.calls = append(f.calls, probeCall{target: target.Address(), module: *module, probeID: probeID, deadline: deadline, calledAt: time.Now()})
 	f.mu.Unlock()
 	logger.Debug("Dialing", "addr", "127.0.0.1:587")
 	return f.result()
@@ -337,7 +337,7 @@ func TestProbeDeadline(t *testing.T) {
 func TestProbeSaturation(t *testing.T) {
 	entered := make(chan struct{})
 	release := make(chan struct{})
-	blocking := func(ctx context.Context, target prober.Target, module config.Module, probeID string, logger *slog.Logger) *prober.Result {
+	blocking := func(ctx context.Context, target prober.Target, module *config.Module, probeID string, logger *slog.Logger) *prober.Result {
 		entered <- struct{}{}
 		select {
 		case <-release:
@@ -403,7 +403,7 @@ func TestProbeSaturation(t *testing.T) {
 
 func TestProberPanicReleasesSlot(t *testing.T) {
 	calls := 0
-	panicking := func(context.Context, prober.Target, config.Module, string, *slog.Logger) *prober.Result {
+	panicking := func(context.Context, prober.Target, *config.Module, string, *slog.Logger) *prober.Result {
 		calls++
 		panic("bad reply")
 	}

@@ -30,16 +30,16 @@ type moduleTexts struct {
 	modules map[string]moduleText
 }
 
-// lookup returns a copy of the named module of the configuration in use and
-// its text.
-func (c *moduleTexts) lookup(sc *config.SafeConfig, name string) (config.Module, moduleText, bool) {
+// lookup returns the request's own copy of the named module of the
+// configuration in use, and its text.
+func (c *moduleTexts) lookup(sc *config.SafeConfig, name string) (*config.Module, moduleText, bool) {
 	cfg := sc.Get()
 	if cfg == nil {
-		return config.Module{}, moduleText{}, false
+		return nil, moduleText{}, false
 	}
 	module, ok := cfg.Modules[name]
 	if !ok {
-		return config.Module{}, moduleText{}, false
+		return nil, moduleText{}, false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -48,14 +48,14 @@ func (c *moduleTexts) lookup(sc *config.SafeConfig, name string) (config.Module,
 	}
 	text, ok := c.modules[name]
 	if !ok {
-		text = newModuleText(module)
+		text = newModuleText(&module)
 		c.modules[name] = text
 	}
-	return module, text, true
+	return &module, text, true
 }
 
-func newModuleText(module config.Module) moduleText {
-	yaml, err := config.MarshalModule(module)
+func newModuleText(module *config.Module) moduleText {
+	yaml, err := config.MarshalModule(*module)
 	if err != nil {
 		return moduleText{yaml: "error rendering the module: " + err.Error() + "\n"}
 	}

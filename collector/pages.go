@@ -117,7 +117,7 @@ type moduleOption struct {
 // sendsMail reports whether a probe with module submits a message: it
 // plans a DATA phase (smtp.mail with data: true), where data: false stops
 // at RSET after RCPT.
-func sendsMail(module config.Module) bool {
+func sendsMail(module *config.Module) bool {
 	return slices.Contains(prober.PlannedPhases(module), prober.PhaseData)
 }
 
@@ -130,7 +130,8 @@ func moduleOptions(cfg *config.Config) []moduleOption {
 	options := make([]moduleOption, 0, len(cfg.Modules))
 	chosen := false
 	for _, name := range slices.Sorted(maps.Keys(cfg.Modules)) {
-		o := moduleOption{Name: name, SendsMail: sendsMail(cfg.Modules[name])}
+		module := cfg.Modules[name]
+		o := moduleOption{Name: name, SendsMail: sendsMail(&module)}
 		if !o.SendsMail && !chosen {
 			o.Selected, chosen = true, true
 		}
@@ -269,7 +270,7 @@ func newLandingData(cfg *config.Config, history *History, now time.Time) landing
 	data.Placeholder = !slices.ContainsFunc(data.Modules, func(o moduleOption) bool { return o.Selected })
 	if cfg != nil {
 		for _, m := range cfg.Modules {
-			data.GateNote = data.GateNote || reusable(m)
+			data.GateNote = data.GateNote || reusable(&m)
 		}
 	}
 	for _, s := range states {

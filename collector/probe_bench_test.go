@@ -123,7 +123,7 @@ func BenchmarkProbeHandler(b *testing.B) {
 		}
 	}
 	result := benchResult(b)
-	fake := func(ctx context.Context, target prober.Target, module config.Module, probeID string, logger *slog.Logger) *prober.Result {
+	fake := func(ctx context.Context, target prober.Target, module *config.Module, probeID string, logger *slog.Logger) *prober.Result {
 		logger.Debug("Phase done", "phase", "connect")
 		return result
 	}

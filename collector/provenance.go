@@ -13,7 +13,7 @@ import (
 // notice is the sentence at the top of the log, the debug output and the
 // result page of an answer that stands in for a probe: what happened, when
 // the login last ran and when the next one may run.
-func notice(ans Answer, e *Entry, module config.Module, now time.Time) string {
+func notice(ans Answer, e *Entry, module *config.Module, now time.Time) string {
 	switch ans.Provenance {
 	case Shared:
 		if ans.Entry == nil {
@@ -59,7 +59,7 @@ func ago(d time.Duration) string { return d.Round(100 * time.Millisecond).String
 // heldEntry is the result of a request held by a refusal of another module
 // or address of the same account: the module's phases, none run, and the
 // failure that started the hold, in phase auth with its reply code.
-func heldEntry(h *Hold, moduleName, target string, module config.Module, timeout time.Duration) Entry {
+func heldEntry(h *Hold, moduleName, target string, module *config.Module, timeout time.Duration) Entry {
 	result := plannedResult(module)
 	for i := range result.Phases {
 		if p := &result.Phases[i]; p.Phase == prober.PhaseAuth {
@@ -73,7 +73,7 @@ func heldEntry(h *Hold, moduleName, target string, module config.Module, timeout
 
 // abandonedEntry is the result of a request whose deadline passed while it
 // waited for another request's probe.
-func abandonedEntry(moduleName, target string, module config.Module, timeout time.Duration, now time.Time) Entry {
+func abandonedEntry(moduleName, target string, module *config.Module, timeout time.Duration, now time.Time) Entry {
 	result := plannedResult(module)
 	result.Duration = timeout
 	result.Failure = &prober.Failure{Phase: prober.PhaseSetup, Reason: prober.ReasonTimeout,
@@ -83,7 +83,7 @@ func abandonedEntry(moduleName, target string, module config.Module, timeout tim
 }
 
 // plannedResult is a failed result with the module's phases, none run.
-func plannedResult(module config.Module) *prober.Result {
+func plannedResult(module *config.Module) *prober.Result {
 	result := &prober.Result{SizeLimit: -1}
 	for _, ph := range prober.PlannedPhases(module) {
 		result.Phases = append(result.Phases, prober.PhaseResult{Phase: ph})

@@ -149,7 +149,7 @@ func deliveryMetrics(t *testing.T, metrics map[string][]string) {
 			return prober.Target{Host: "smtp.example.net", Port: 587, IP: netip.MustParseAddr("192.0.2.25")}
 		},
 		// The SMTP side is the populated result; the delivery side is real.
-		Probe: func(_ context.Context, _ prober.Target, module config.Module, probeID string, _ *slog.Logger) *prober.Result {
+		Probe: func(_ context.Context, _ prober.Target, module *config.Module, probeID string, _ *slog.Logger) *prober.Result {
 			r := populatedResult(t, module, true)
 			r.AcceptedAt = time.Now()
 			probeIDs <- probeID

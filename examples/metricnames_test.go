@@ -170,9 +170,9 @@ func emittedMetrics(t *testing.T) map[string][]string {
 			reg := prometheus.NewRegistry()
 			// A failed result is also reported as reused, as a login held
 			// by auth_failure_backoff is, so that its age metric shows up.
-			c := collector.New(populatedResult(t, module, success), 10*time.Second)
+			c := collector.New(populatedResult(t, &module, success), 10*time.Second)
 			if !success {
-				c = collector.NewWithAge(populatedResult(t, module, success), 10*time.Second, time.Minute)
+				c = collector.NewWithAge(populatedResult(t, &module, success), 10*time.Second, time.Minute)
 			}
 			reg.MustRegister(c)
 			gather(t, reg, metrics)
@@ -229,7 +229,7 @@ func gather(t *testing.T, g prometheus.Gatherer, into map[string][]string) {
 // planned phase run with a reply, extensions before and after TLS, a
 // verified TLS session, authentication and the canary, and on failure the
 // failure.
-func populatedResult(t *testing.T, module config.Module, success bool) *prober.Result {
+func populatedResult(t *testing.T, module *config.Module, success bool) *prober.Result {
 	t.Helper()
 	leaf := smtptest.Certs().Server.Leaf
 	r := &prober.Result{

@@ -115,7 +115,7 @@ func runProbeCtx(t testing.TB, ctx context.Context, target string, m config.Modu
 	t.Helper()
 	var logs smtptest.LogBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	r := Probe(ctx, target, m, "test-probe", logger)
+	r := Probe(ctx, target, &m, "test-probe", logger)
 	if r == nil {
 		t.Fatal("Probe returned nil")
 	}

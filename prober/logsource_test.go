@@ -19,7 +19,7 @@ func TestProbeRecordsNameTheirSource(t *testing.T) {
 	logger := slog.New(slog.NewTextHandler(&out, &slog.HandlerOptions{Level: slog.LevelDebug, AddSource: true}))
 	for range 2 { // the second probe uses the call sites looked up by the first
 		out.Reset()
-		if r := Probe(context.Background(), srv.Addr(), m, "source", logger); !r.Success {
+		if r := Probe(context.Background(), srv.Addr(), &m, "source", logger); !r.Success {
 			t.Fatalf("probe failed: %+v", r.Failure)
 		}
 		want := map[string]*regexp.Regexp{

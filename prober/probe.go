@@ -26,7 +26,7 @@ import (
 
 // PlannedPhases returns the phases a module runs, in conversation order.
 // PhaseSetup is not among them: it only ever names a failure.
-func PlannedPhases(m config.Module) []Phase {
+func PlannedPhases(m *config.Module) []Phase {
 	s := m.SMTP
 	phases := []Phase{PhaseConnect}
 	if s.TLS == config.TLSImplicit {
@@ -59,7 +59,7 @@ func PlannedPhases(m config.Module) []Phase {
 // connection; that QUIT is recorded in the quit phase but cannot turn the
 // probe into a success. After a timeout, a broken reply or a TLS failure
 // the connection is just closed.
-func Probe(ctx context.Context, target string, module config.Module, probeID string, logger *slog.Logger) *Result {
+func Probe(ctx context.Context, target string, module *config.Module, probeID string, logger *slog.Logger) *Result {
 	if module.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(module.Timeout))
@@ -71,7 +71,8 @@ func Probe(ctx context.Context, target string, module config.Module, probeID str
 // ProbeTarget is Probe for a target Resolve already resolved: the caller
 // can decide, from the address, whether the session should run at all.
 // The lookup counts in the probe's duration and in the module's timeout.
-func ProbeTarget(ctx context.Context, target Target, module config.Module, probeID string, logger *slog.Logger) *Result {
+// Neither changes module.
+func ProbeTarget(ctx context.Context, target Target, module *config.Module, probeID string, logger *slog.Logger) *Result {
 	start := time.Now().Add(-target.DNSLookupTime)
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)

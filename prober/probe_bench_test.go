@@ -33,7 +33,7 @@ func BenchmarkProbeSession(b *testing.B) {
 			ctx := context.Background()
 			b.ReportAllocs()
 			for b.Loop() {
-				if r := Probe(ctx, srv.Addr(), m, "bench", nil); !r.Success {
+				if r := Probe(ctx, srv.Addr(), &m, "bench", nil); !r.Success {
 					b.Fatalf("probe failed: %+v", r.Failure)
 				}
 			}

@@ -580,7 +580,7 @@ func TestPlannedPhases(t *testing.T) {
 		{config.Module{SMTP: config.SMTPProbe{TLS: config.TLSNone, Mail: &config.Mail{}}},
 			[]Phase{PhaseConnect, PhaseBanner, PhaseEHLO, PhaseMail, PhaseRcpt, PhaseRset, PhaseQuit}},
 	} {
-		if got := PlannedPhases(tc.m); !slices.Equal(got, tc.want) {
+		if got := PlannedPhases(&tc.m); !slices.Equal(got, tc.want) {
 			t.Errorf("PlannedPhases = %v, want %v", got, tc.want)
 		}
 	}

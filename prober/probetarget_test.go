@@ -47,7 +47,7 @@ func TestProbeTargetTimeoutCountsLookup(t *testing.T) {
 	target.DNSLookupTime = 800 * time.Millisecond
 
 	begin := time.Now()
-	r := ProbeTarget(context.Background(), target, module, "p", nil)
+	r := ProbeTarget(context.Background(), target, &module, "p", nil)
 	elapsed := time.Since(begin)
 	if r.Failure == nil || r.Failure.Reason != ReasonTimeout {
 		t.Fatalf("failure %+v, want timeout", r.Failure)
