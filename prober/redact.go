@@ -161,7 +161,10 @@ func (r *redactor) register(value string, public int, cut bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.done = append(r.done, reg)
-	list := slices.Clone(r.forms)
+	// A new list, since readers hold the old one without the lock, made
+	// once with room for all the forms: grown by append it was allocated
+	// two or three times over, for every secret of every probe.
+	list := append(make([]secretForm, 0, len(r.forms)+len(forms)), r.forms...)
 	for _, f := range forms {
 		list = mergeForm(list, f)
 	}
