@@ -22,7 +22,8 @@ import (
 )
 
 // ProbeFunc runs one probe of a resolved target. prober.ProbeTarget is the
-// real one; tests pass fakes.
+// real one; tests pass fakes. module is the request's own copy: a ProbeFunc
+// reads it and does not keep it past its return.
 type ProbeFunc func(ctx context.Context, target prober.Target, module *config.Module, probeID string, logger *slog.Logger) *prober.Result
 
 // ResolveFunc parses, resolves and checks a target. prober.Resolve is the
