@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"html/template"
 	"log/slog"
-	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -129,7 +128,7 @@ func moduleOptions(cfg *config.Config) []moduleOption {
 	}
 	options := make([]moduleOption, 0, len(cfg.Modules))
 	chosen := false
-	for _, name := range slices.Sorted(maps.Keys(cfg.Modules)) {
+	for _, name := range cfg.ModuleNames() {
 		module := cfg.Modules[name]
 		o := moduleOption{Name: name, SendsMail: sendsMail(&module)}
 		if !o.SendsMail && !chosen {
