@@ -215,3 +215,42 @@ func TestOneReadingOfTheSecretsPerRequest(t *testing.T) {
 		t.Errorf("%d logins, want 2", n)
 	}
 }
+
+// A password file that the request could not read fails the probe in
+// setup, naming the file, even when it appears while the probe runs: the
+// prober reports the request's reading instead of reading again, and the
+// next request reads it afresh.
+func TestUnreadableSecretReadOncePerRequest(t *testing.T) {
+	const username = "probe@example.net"
+	srv := smtptest.NewServer(t, smtptest.Options{Username: username, Password: "the-password"})
+	passFile := filepath.Join(t.TempDir(), "probe.pass")
+	cfg := newTestConfig(t, fmt.Sprintf(`modules:
+  submission:
+    timeout: 5s
+    smtp:
+      tls: none
+      preferred_ip_protocol: ip4
+      allow_plaintext_auth: true
+      auth: {username: %s, password_file: %q}
+      allowed_targets: ["127.0.0.1"]
+`, username, passFile))
+	probe := func(ctx context.Context, target prober.Target, module *config.Module, probeID string, logger *slog.Logger) *prober.Result {
+		// After the request failed to read the file, before the login.
+		if err := os.WriteFile(passFile, []byte("the-password\n"), 0o600); err != nil {
+			t.Error(err)
+		}
+		return prober.ProbeTarget(ctx, target, module, probeID, logger)
+	}
+	env := newTestEnv(t, HandlerOpts{Config: cfg, Probe: probe, Resolve: prober.Resolve})
+	query := "module=submission&target=" + url.QueryEscape(srv.Addr())
+	body := env.get(t, env.handler, query+"&debug=true", nil).Body.String()
+	if !strings.Contains(body, `reason="credentials_unavailable"`) || !strings.Contains(body, "password_file") {
+		t.Fatalf("the probe did not fail on the file the request could not read:\n%s", body)
+	}
+	if n := len(srv.Auths()); n != 0 {
+		t.Errorf("%d logins with a password the request never read", n)
+	}
+	if body := env.get(t, env.handler, query, nil).Body.String(); !strings.Contains(body, "probe_success 1\n") {
+		t.Errorf("the next request did not read the file afresh:\n%s", body)
+	}
+}

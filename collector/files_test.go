@@ -17,9 +17,9 @@ import (
 
 // A module whose secret or CA file is a named pipe answers /probe at once
 // with a failure in setup, and gives its slot back: with one slot, a module
-// with good files is probed next. The request reads the secrets before
-// the gate (for the account and its hold) and, when that fails, the gate
-// and the prober try again: none of these reads may hang.
+// with good files is probed next. The request reads the secrets once,
+// before the gate (for the account and its hold) and the prober, which
+// take what it read or the error: that read may not hang.
 func TestNamedPipeFilesDoNotHoldProbes(t *testing.T) {
 	fifo := filepath.Join(t.TempDir(), "fifo")
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {

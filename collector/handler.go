@@ -218,12 +218,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) answer(ctx context.Context, target, moduleName string, module *config.Module, text moduleText, timeout time.Duration) (*Entry, error) {
 	// The gate's account and the probe's login take the secrets from one
 	// reading of their files, kept in the request's own copy of the module
-	// (lookup's). When a file cannot be read the module goes as it is, and
-	// the prober reports the failure.
+	// (lookup's); a file that cannot be read is a failed read for both,
+	// which the prober reports.
 	if a := module.SMTP.Auth; a != nil {
-		if read, err := a.WithSecretsRead(); err == nil {
-			module.SMTP.Auth = read
-		}
+		module.SMTP.Auth = a.WithSecretsRead()
 	}
 	deadline := time.Now().Add(timeout)
 	// A probe runs to its own deadline and is not cancelled when the
@@ -282,8 +280,9 @@ func authBackoff(module *config.Module) time.Duration {
 	return time.Duration(module.AuthFailureBackoff)
 }
 
-// gateRequest describes a request to the gate. The credentials are read
-// afresh, so that a changed password file ends a hold at once.
+// gateRequest describes a request to the gate. The credentials are those
+// the request read, afresh, so that a changed password file ends a hold at
+// once.
 func (h *Handler) gateRequest(module *config.Module, moduleName string, text moduleText, dest prober.Target, deadline time.Time) gateRequest {
 	req := gateRequest{
 		key:         resultKey{module: moduleName, fingerprint: text.fingerprint, address: dest.Address()},

@@ -166,7 +166,8 @@ func TestAccount(t *testing.T) {
 // TestWithSecretsRead: the copy answers with the secrets as they were when
 // it was made, however the files change after; the original reads them
 // afresh; an Auth without secret files is returned as it is; a file that
-// cannot be read is an error naming it.
+// could not be read is an error naming it, which the copy keeps giving
+// without reading again.
 func TestWithSecretsRead(t *testing.T) {
 	write := fileWriter(t)
 	// secrets is what the Auth's Read methods give, as one string.
@@ -199,10 +200,7 @@ func TestWithSecretsRead(t *testing.T) {
 		{"oauth2", &Auth{Username: "u", OAuth2: &OAuth2{ClientID: "c", ClientSecretFile: write("secret", "secret-1"), RefreshTokenFile: write("refresh", "refresh-1")}},
 			func() { write("secret", "secret-2"); write("refresh", "refresh-2") }},
 	} {
-		read, err := tc.auth.WithSecretsRead()
-		if err != nil {
-			t.Fatalf("%s: %v", tc.name, err)
-		}
+		read := tc.auth.WithSecretsRead()
 		want, wantAccount := secrets(tc.auth), mustAccount(t, tc.auth)
 		tc.change()
 		if got := secrets(read); got != want {
@@ -220,12 +218,23 @@ func TestWithSecretsRead(t *testing.T) {
 	}
 
 	inline := &Auth{Username: "u", Password: "inline", OAuth2: nil}
-	if read, err := inline.WithSecretsRead(); err != nil || read != inline {
-		t.Errorf("an Auth without secret files: got %p, %v; want itself", read, err)
+	if read := inline.WithSecretsRead(); read != inline {
+		t.Errorf("an Auth without secret files: got %p, want itself", read)
 	}
-	missing := &Auth{Username: "u", PasswordFile: filepath.Join(t.TempDir(), "missing")}
-	if _, err := missing.WithSecretsRead(); err == nil || !strings.Contains(err.Error(), "password_file") {
+	missingFile := filepath.Join(t.TempDir(), "missing")
+	missing := &Auth{Username: "u", PasswordFile: missingFile}
+	read := missing.WithSecretsRead()
+	if _, err := read.ReadPassword(); err == nil || !strings.Contains(err.Error(), "password_file") {
 		t.Errorf("a missing password file: %v, want an error naming password_file", err)
+	}
+	if err := os.WriteFile(missingFile, []byte("appeared\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := read.Account(); err == nil || !strings.Contains(err.Error(), "password_file") {
+		t.Errorf("the copy read the password file again (account error %v), want the error it read", err)
+	}
+	if p, err := missing.ReadPassword(); err != nil || p != "appeared" {
+		t.Errorf("the original gives %q, %v; want the file read afresh", p, err)
 	}
 }
 

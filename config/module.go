@@ -119,9 +119,11 @@ type Auth struct {
 	read *readSecrets
 }
 
-// readSecrets are the contents of a module's secret files at one moment.
+// readSecrets are the contents of a module's secret files at one moment,
+// or the error of the first that could not be read (the rest were not).
 type readSecrets struct {
 	password, token, clientSecret, refreshToken string
+	err                                         error
 }
 
 // OAuth2 is an OAuth 2.0 client that obtains access tokens with the client
@@ -206,7 +208,7 @@ func (a *Auth) ReadPassword() (string, error) {
 		return string(a.Password), nil
 	}
 	if a.read != nil {
-		return a.read.password, nil
+		return a.read.password, a.read.err
 	}
 	return readSecretFile("password_file", a.PasswordFile)
 }
@@ -214,28 +216,25 @@ func (a *Auth) ReadPassword() (string, error) {
 // WithSecretsRead returns a copy of a whose secret files are read now: its
 // Read methods and Account give what was read then, without reading again,
 // so that everything one probe does (the account the gate keys holds on,
-// the login) sees the same secrets, each file read once. The copy keeps
-// the files' names for the messages that name them. Without secret files
-// it returns a itself.
-func (a *Auth) WithSecretsRead() (*Auth, error) {
+// the login) sees the same secrets, each file read once. When a file
+// cannot be read, the Read methods of the files give that error, naming
+// the file, again without reading. Without secret files it returns a
+// itself.
+func (a *Auth) WithSecretsRead() *Auth {
 	o := a.OAuth2
 	if a.PasswordFile == "" && a.TokenFile == "" && (o == nil || o.ClientSecretFile == "" && o.RefreshTokenFile == "") {
-		return a, nil
+		return a
 	}
 	var read readSecrets
-	var err error
 	switch {
 	case a.TokenFile != "":
-		read.token, err = a.ReadToken()
+		read.token, read.err = a.ReadToken()
 	case o != nil:
-		if read.clientSecret, err = o.ReadClientSecret(); err == nil {
-			read.refreshToken, err = o.ReadRefreshToken()
+		if read.clientSecret, read.err = o.ReadClientSecret(); read.err == nil {
+			read.refreshToken, read.err = o.ReadRefreshToken()
 		}
 	default:
-		read.password, err = a.ReadPassword()
-	}
-	if err != nil {
-		return nil, err
+		read.password, read.err = a.ReadPassword()
 	}
 	c := *a
 	c.read = &read
@@ -244,7 +243,7 @@ func (a *Auth) WithSecretsRead() (*Auth, error) {
 		oc.read = &read
 		c.OAuth2 = &oc
 	}
-	return &c, nil
+	return &c
 }
 
 // UsesToken reports whether the module logs in with a bearer token rather
@@ -265,7 +264,7 @@ func (a *Auth) AutoMechanisms() []string {
 // ReadToken returns the access token in token_file, read afresh.
 func (a *Auth) ReadToken() (string, error) {
 	if a.read != nil && a.TokenFile != "" {
-		return a.read.token, nil
+		return a.read.token, a.read.err
 	}
 	return readSecretFile("token_file", a.TokenFile)
 }
@@ -277,7 +276,7 @@ func (o *OAuth2) ReadClientSecret() (string, error) {
 		return string(o.ClientSecret), nil
 	}
 	if o.read != nil {
-		return o.read.clientSecret, nil
+		return o.read.clientSecret, o.read.err
 	}
 	return readSecretFile("client_secret_file", o.ClientSecretFile)
 }
@@ -289,7 +288,7 @@ func (o *OAuth2) ReadRefreshToken() (string, error) {
 		return "", nil
 	}
 	if o.read != nil {
-		return o.read.refreshToken, nil
+		return o.read.refreshToken, o.read.err
 	}
 	return readSecretFile("refresh_token_file", o.RefreshTokenFile)
 }
