@@ -180,31 +180,8 @@ func TestInlinePasswordChangeEndsReuse(t *testing.T) {
 // prober read the file again, and a hold could be keyed on a secret other
 // than the one refused); the next request reads the new one.
 func TestOneReadingOfTheSecretsPerRequest(t *testing.T) {
-	const username = "probe@example.net"
-	srv := smtptest.NewServer(t, smtptest.Options{Username: username, Password: "the-password"})
-	passFile := filepath.Join(t.TempDir(), "probe.pass")
-	write := func(password string) {
-		if err := os.WriteFile(passFile, []byte(password+"\n"), 0o600); err != nil {
-			t.Error(err)
-		}
-	}
+	env, srv, query, write := passwordFileEnv(t, "another-password")
 	write("the-password")
-	cfg := newTestConfig(t, fmt.Sprintf(`modules:
-  submission:
-    timeout: 5s
-    smtp:
-      tls: none
-      preferred_ip_protocol: ip4
-      allow_plaintext_auth: true
-      auth: {username: %s, password_file: %q}
-      allowed_targets: ["127.0.0.1"]
-`, username, passFile))
-	probe := func(ctx context.Context, target prober.Target, module *config.Module, probeID string, logger *slog.Logger) *prober.Result {
-		write("another-password") // after the request read the file, before the login
-		return prober.ProbeTarget(ctx, target, module, probeID, logger)
-	}
-	env := newTestEnv(t, HandlerOpts{Config: cfg, Probe: probe, Resolve: prober.Resolve})
-	query := "module=submission&target=" + url.QueryEscape(srv.Addr())
 	if body := env.get(t, env.handler, query, nil).Body.String(); !strings.Contains(body, "probe_success 1\n") {
 		t.Fatalf("the login did not use the password the request read:\n%s", body)
 	}
@@ -221,9 +198,33 @@ func TestOneReadingOfTheSecretsPerRequest(t *testing.T) {
 // prober reports the request's reading instead of reading again, and the
 // next request reads it afresh.
 func TestUnreadableSecretReadOncePerRequest(t *testing.T) {
+	env, srv, query, _ := passwordFileEnv(t, "the-password")
+	body := env.get(t, env.handler, query+"&debug=true", nil).Body.String()
+	if !strings.Contains(body, `reason="credentials_unavailable"`) || !strings.Contains(body, "password_file") {
+		t.Fatalf("the probe did not fail on the file the request could not read:\n%s", body)
+	}
+	if n := len(srv.Auths()); n != 0 {
+		t.Errorf("%d logins with a password the request never read", n)
+	}
+	if body := env.get(t, env.handler, query, nil).Body.String(); !strings.Contains(body, "probe_success 1\n") {
+		t.Errorf("the next request did not read the file afresh:\n%s", body)
+	}
+}
+
+// passwordFileEnv serves a module that logs in to a server taking
+// "the-password" with a password file, which every probe rewrites to
+// during after the request read it and before the login. It returns the
+// query that probes the server and the function that writes the file.
+func passwordFileEnv(t *testing.T, during string) (*testEnv, *smtptest.Server, string, func(string)) {
+	t.Helper()
 	const username = "probe@example.net"
 	srv := smtptest.NewServer(t, smtptest.Options{Username: username, Password: "the-password"})
 	passFile := filepath.Join(t.TempDir(), "probe.pass")
+	write := func(password string) {
+		if err := os.WriteFile(passFile, []byte(password+"\n"), 0o600); err != nil {
+			t.Error(err)
+		}
+	}
 	cfg := newTestConfig(t, fmt.Sprintf(`modules:
   submission:
     timeout: 5s
@@ -235,22 +236,9 @@ func TestUnreadableSecretReadOncePerRequest(t *testing.T) {
       allowed_targets: ["127.0.0.1"]
 `, username, passFile))
 	probe := func(ctx context.Context, target prober.Target, module *config.Module, probeID string, logger *slog.Logger) *prober.Result {
-		// After the request failed to read the file, before the login.
-		if err := os.WriteFile(passFile, []byte("the-password\n"), 0o600); err != nil {
-			t.Error(err)
-		}
+		write(during)
 		return prober.ProbeTarget(ctx, target, module, probeID, logger)
 	}
 	env := newTestEnv(t, HandlerOpts{Config: cfg, Probe: probe, Resolve: prober.Resolve})
-	query := "module=submission&target=" + url.QueryEscape(srv.Addr())
-	body := env.get(t, env.handler, query+"&debug=true", nil).Body.String()
-	if !strings.Contains(body, `reason="credentials_unavailable"`) || !strings.Contains(body, "password_file") {
-		t.Fatalf("the probe did not fail on the file the request could not read:\n%s", body)
-	}
-	if n := len(srv.Auths()); n != 0 {
-		t.Errorf("%d logins with a password the request never read", n)
-	}
-	if body := env.get(t, env.handler, query, nil).Body.String(); !strings.Contains(body, "probe_success 1\n") {
-		t.Errorf("the next request did not read the file afresh:\n%s", body)
-	}
+	return env, srv, "module=submission&target=" + url.QueryEscape(srv.Addr()), write
 }
