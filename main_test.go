@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"net"
@@ -8,6 +9,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -359,4 +362,40 @@ func TestReloadRefusesCrossSiteRequests(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestGCPercent checks the garbage collector's target the exporter runs
+// with: its own default, unless GOGC sets one.
+func TestGCPercent(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	path := filepath.Join(t.TempDir(), "smtp_exporter.yml")
+	writeFile(t, path, "modules:\n  first:\n    smtp:\n      tls: none\n")
+	for _, tc := range []struct {
+		env  string
+		want int
+	}{
+		{"", defaultGCPercent},
+		{"50", 50},
+	} {
+		t.Setenv("GOGC", tc.env)
+		// What the runtime did with the variable when the process started.
+		debug.SetGCPercent(cmp.Or(atoi(t, tc.env), 100))
+		base, _ := exporter(t, path)
+		_, metrics := get(t, base+"/metrics")
+		if want := fmt.Sprintf("\ngo_gc_gogc_percent %d\n", tc.want); !strings.Contains(metrics, want) {
+			t.Errorf("GOGC=%q: /metrics lacks %q", tc.env, strings.TrimSpace(want))
+		}
+	}
+}
+
+func atoi(t *testing.T, s string) int {
+	t.Helper()
+	if s == "" {
+		return 0
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
