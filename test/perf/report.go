@@ -139,9 +139,13 @@ func (r *report) hungTable(p func(string, ...any)) {
 		if !hr.gcSeen {
 			after += " (GC not seen)"
 		}
-		p("| %s | %d | %.1f MiB | %.1f MiB (%.1f) | %.1f / %.1f / %.1f KiB | %.0f / %.0f / %.0f | %s | %.1f MiB |\n",
+		held := fmt.Sprintf("%.1f / %.1f / %.1f KiB", hr.perProbeRSSK(), hr.perProbeHeapK(), hr.perProbeStackK())
+		if !hr.heldGCSeen {
+			held += " (GC not seen)"
+		}
+		p("| %s | %d | %.1f MiB | %.1f MiB (%.1f) | %s | %.0f / %.0f / %.0f | %s | %.1f MiB |\n",
 			strings.TrimSuffix(hr.name, "-hung"), hr.held, mib(hr.before.rssK), mib(hr.during.rssK), mib(hr.peakK),
-			hr.perProbeRSSK(), hr.perProbeHeapK(), hr.perProbeStackK(),
+			held,
 			hr.before.goroutines, hr.during.goroutines, hr.ended.goroutines, after, mib(hr.collected.rssK))
 	}
 }
