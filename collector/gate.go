@@ -97,6 +97,9 @@ type Answer struct {
 	// Released is set when a hold of the account ended because its
 	// credentials changed.
 	Released bool
+	// AwaitedLogin is set, with no Entry, when the request's deadline
+	// passed while it waited for another login of its account.
+	AwaitedLogin bool
 }
 
 // Hold is a pause of an account's logins after a refusal or throttling.
@@ -128,6 +131,10 @@ type Hold struct {
 //     login of that account, whatever the module and target, for the
 //     refused module's auth_failure_backoff. After the hold, one login
 //     decides: other requests of the account are held until it ends.
+//   - One login of an account runs at a time: a request of another module
+//     or address of the account waits for the running one's verdict, so
+//     that a wrong password is refused once, not once per module scraped
+//     in the same instant.
 //
 // Only a probe that runs takes a --probe.max-concurrent slot. Stored results
 // are bounded and slim; no secret is kept, only the account's SHA-256. It is
@@ -146,6 +153,10 @@ type gate struct {
 
 	mu      sync.Mutex
 	flights map[resultKey]*flight
+	// logins maps an account (by its ID: lockouts count a user's
+	// failures whatever the password) to the flight logging in as it,
+	// until the server accepted the login or the flight ended.
+	logins map[[sha256.Size]byte]*flight
 	// stored maps a key to its element in lru, whose value is *storedResult;
 	// the front of lru is the most recently used.
 	stored map[resultKey]*list.Element
@@ -229,6 +240,9 @@ func (c loginCounters) Collect(ch chan<- prometheus.Metric) {
 type flight struct {
 	done  chan struct{}
 	entry *Entry // set before done is closed
+	// verdict is closed when the flight stops being its account's login
+	// (see gate.logins): its login was accepted, or the flight ended.
+	verdict chan struct{}
 	// deadline is when the request that started the probe must answer;
 	// the probe ends by then.
 	deadline time.Time
@@ -262,6 +276,7 @@ func newGate(limit, maxConcurrent int) *gate {
 		now:      time.Now,
 		m:        newGateMetrics(),
 		flights:  map[resultKey]*flight{},
+		logins:   map[[sha256.Size]byte]*flight{},
 		stored:   map[resultKey]*list.Element{},
 		lru:      list.New(),
 		accounts: map[config.Account]*account{},
@@ -312,6 +327,13 @@ func (g *gate) decide(ctx context.Context, req gateRequest, run func() *Entry) (
 			shorter = true
 			continue
 		}
+		if login := g.logins[req.account.ID]; req.hasAccount && login != nil {
+			g.mu.Unlock()
+			if decided, err := g.awaitLogin(ctx, req, login); !decided {
+				return Answer{Provenance: Shared, AwaitedLogin: true, Released: released}, err
+			}
+			continue // a refusal holds this request; an acceptance lets it log in
+		}
 		if !g.acquire() {
 			g.mu.Unlock()
 			return Answer{}, errBusy
@@ -320,6 +342,8 @@ func (g *gate) decide(ctx context.Context, req gateRequest, run func() *Entry) (
 		g.flights[req.key] = f
 		var decider *account
 		if req.hasAccount {
+			f.verdict = make(chan struct{})
+			g.logins[req.account.ID] = f
 			if a := g.accounts[req.account]; a != nil {
 				a.deciding, decider = true, a
 			}
@@ -421,6 +445,23 @@ func (g *gate) wait(ctx context.Context, req gateRequest, f *flight) (ans Answer
 	}
 }
 
+// awaitLogin waits for the verdict on the login of another module or
+// address as the request's account, and reports whether it came before the
+// request's deadline; the error is ctx's when the caller went away.
+func (g *gate) awaitLogin(ctx context.Context, req gateRequest, login *flight) (bool, error) {
+	if g.waited != nil {
+		g.waited()
+	}
+	waitCtx, cancel := context.WithDeadline(ctx, req.deadline)
+	defer cancel()
+	select {
+	case <-login.verdict:
+		return true, nil
+	case <-waitCtx.Done():
+		return false, ctx.Err()
+	}
+}
+
 // fly runs the probe of flight f (nil for a direct request) and records
 // what it says about the account and the key.
 func (g *gate) fly(req gateRequest, f *flight, decider *account, run func() *Entry) *Entry {
@@ -443,11 +484,33 @@ func (g *gate) fly(req gateRequest, f *flight, decider *account, run func() *Ent
 		if f.entry != nil {
 			g.record(req, f.entry)
 		}
+		// After record: a request that waited for the verdict sees the
+		// hold a refusal set.
+		g.endLogin(req, f)
 		g.mu.Unlock()
 		close(f.done)
 	}()
 	f.entry = run()
 	return f.entry
+}
+
+// loginAccepted lets the requests waiting for the verdict on the login of
+// req's flight run their own, now that the server accepted it.
+func (g *gate) loginAccepted(req gateRequest) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if f := g.flights[req.key]; f != nil {
+		g.endLogin(req, f)
+	}
+}
+
+// endLogin ends f's turn as its account's login, if it has it. g.mu must be
+// held.
+func (g *gate) endLogin(req gateRequest, f *flight) {
+	if req.hasAccount && g.logins[req.account.ID] == f {
+		delete(g.logins, req.account.ID)
+		close(f.verdict)
+	}
 }
 
 // record counts a login and keeps what entry says for later requests: a

@@ -500,3 +500,113 @@ func TestHandlerWaiterPastItsDeadline(t *testing.T) {
 		t.Errorf("history holds %d probes, want the 1 that ran", n)
 	}
 }
+
+// One login of an account runs at a time: a request of another module and
+// address of the account waits for the verdict on the running login. A
+// refusal holds it; a probe that ended without one, or a login the server
+// accepted, lets it log in itself (after an acceptance, while the rest of
+// the other probe still runs). A request whose deadline passes meanwhile
+// says what it waited for.
+func TestGateOneLoginPerAccountAtATime(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		login, ok   bool
+		phase       prober.Phase
+		reason      prober.Reason
+		want        Provenance
+		logins      int32
+		acceptEarly bool
+	}{
+		{name: "refused", login: true, phase: prober.PhaseAuth, reason: prober.ReasonAuthRejected, want: Held, logins: 1},
+		{name: "no login", phase: prober.PhaseConnect, reason: prober.ReasonConnectionRefused, want: Fresh, logins: 2},
+		{name: "accepted", login: true, ok: true, want: Fresh, logins: 2, acceptEarly: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g, clock := newTestGate(0, 0)
+			r := &runner{clock: clock}
+			r.set(tc.login, tc.ok, tc.phase, tc.reason)
+			first := request("submission", "192.0.2.1:587", "alice", 0, time.Hour)
+			second := request("implicit", "192.0.2.2:465", "alice", 0, time.Hour)
+			loggingIn, release := make(chan struct{}), make(chan struct{})
+			var firstEnded atomic.Bool
+			firstAnswer := make(chan Answer, 1)
+			go func() {
+				ans, _ := g.decide(context.Background(), first, func() *Entry {
+					close(loggingIn)
+					<-release
+					defer firstEnded.Store(true)
+					if tc.acceptEarly {
+						// The server accepted the login; the rest of the
+						// session goes on until the second request's
+						// login has run.
+						g.loginAccepted(first)
+						<-release
+					}
+					return r.run()
+				})
+				firstAnswer <- ans
+			}()
+			<-loggingIn
+
+			waiting := make(chan struct{})
+			g.waited = func() { close(waiting) }
+			secondAnswer := make(chan Answer, 1)
+			go func() {
+				ans, _ := g.decide(context.Background(), second, func() *Entry {
+					if ended := firstEnded.Load(); ended == tc.acceptEarly {
+						t.Errorf("the second login ran with the first one ended %v", ended)
+					}
+					defer func() {
+						if tc.acceptEarly {
+							release <- struct{}{}
+						}
+					}()
+					return r.run()
+				})
+				secondAnswer <- ans
+			}()
+			<-waiting
+			release <- struct{}{}
+			if ans := <-firstAnswer; ans.Provenance != Fresh {
+				t.Errorf("first: %v", ans.Provenance)
+			}
+			if ans := <-secondAnswer; ans.Provenance != tc.want {
+				t.Errorf("second: %v, want %v", ans.Provenance, tc.want)
+			}
+			if n := r.calls.Load(); n != tc.logins {
+				t.Errorf("%d probes ran, want %d", n, tc.logins)
+			}
+		})
+	}
+
+	t.Run("deadline", func(t *testing.T) {
+		g, clock := newTestGate(0, 0)
+		r := &runner{clock: clock}
+		r.set(true, true, "", "")
+		loggingIn, release := make(chan struct{}), make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			decide(t, g, request("submission", "192.0.2.1:587", "alice", 0, time.Hour), func() *Entry {
+				close(loggingIn)
+				<-release
+				return r.run()
+			})
+		}()
+		<-loggingIn
+		late := request("implicit", "192.0.2.2:465", "alice", 0, time.Hour)
+		late.deadline = time.Now() // passed already: it cannot wait
+		ans := decide(t, g, late, r.run)
+		close(release)
+		<-done
+		if ans.Provenance != Shared || ans.Entry != nil || !ans.AwaitedLogin {
+			t.Errorf("past its deadline: %+v", ans)
+		}
+		if got, want := notice(ans, &Entry{}, &config.Module{}, clock.Now()), "Timed out waiting for another module's login of the same account"; !strings.HasPrefix(got, want) {
+			t.Errorf("notice %q, want it to begin %q", got, want)
+		}
+		if n := r.calls.Load(); n != 1 {
+			t.Errorf("%d logins, want 1", n)
+		}
+	})
+}

@@ -230,7 +230,9 @@ func (h *Handler) answer(ctx context.Context, target, moduleName string, module 
 	probeCtx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
 	defer cancel()
 	dest := h.resolve(probeCtx, target, &module.SMTP)
-	ans, err := h.gate.decide(ctx, h.gateRequest(module, moduleName, text, dest, deadline), func() *Entry {
+	req := h.gateRequest(module, moduleName, text, dest, deadline)
+	probeCtx = prober.WithLoginAccepted(probeCtx, func() { h.gate.loginAccepted(req) })
+	ans, err := h.gate.decide(ctx, req, func() *Entry {
 		entry := h.run(probeCtx, dest, target, moduleName, module, text, timeout)
 		h.history.Add(entry)
 		return entry
@@ -320,8 +322,8 @@ func (h *Handler) present(ans Answer, target, moduleName string, module *config.
 	case ans.Provenance == Held:
 		entry = heldEntry(ans.Hold, moduleName, target, module, timeout)
 	default:
-		entry = abandonedEntry(moduleName, target, module, timeout, now)
-		log.Warn("Timed out waiting for a concurrent probe of the same module and address")
+		entry = abandonedEntry(ans, moduleName, target, module, timeout, now)
+		log.Warn("Timed out " + awaited(ans))
 	}
 	entry.age = now.Sub(entry.Time)
 	entry.Provenance = ans.Provenance

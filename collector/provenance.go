@@ -17,7 +17,7 @@ func notice(ans Answer, e *Entry, module *config.Module, now time.Time) string {
 	switch ans.Provenance {
 	case Shared:
 		if ans.Entry == nil {
-			return "Timed out waiting for a concurrent probe of the same module and address: this request's deadline passed first."
+			return "Timed out " + awaited(ans) + ": this request's deadline passed first."
 		}
 		return fmt.Sprintf("Shared: probe %s of the same module and address, started at %s by another request, answers this one too.",
 			e.ProbeID, clock(e.Time))
@@ -71,13 +71,22 @@ func heldEntry(h *Hold, moduleName, target string, module *config.Module, timeou
 		FailurePhase: prober.PhaseAuth, FailureReason: h.Reason, Result: result}
 }
 
+// awaited says what a request whose deadline passed while it waited was
+// waiting for.
+func awaited(ans Answer) string {
+	if ans.AwaitedLogin {
+		return "waiting for another module's login of the same account"
+	}
+	return "waiting for a concurrent probe of the same module and address"
+}
+
 // abandonedEntry is the result of a request whose deadline passed while it
 // waited for another request's probe.
-func abandonedEntry(moduleName, target string, module *config.Module, timeout time.Duration, now time.Time) Entry {
+func abandonedEntry(ans Answer, moduleName, target string, module *config.Module, timeout time.Duration, now time.Time) Entry {
 	result := plannedResult(module)
 	result.Duration = timeout
 	result.Failure = &prober.Failure{Phase: prober.PhaseSetup, Reason: prober.ReasonTimeout,
-		Err: errors.New("timed out waiting for a concurrent probe of the same module and address")}
+		Err: errors.New("timed out " + awaited(ans))}
 	return Entry{Time: now.Add(-timeout), Module: moduleName, Target: target, Timeout: timeout, Duration: timeout,
 		FailurePhase: prober.PhaseSetup, FailureReason: prober.ReasonTimeout, Result: result}
 }

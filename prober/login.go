@@ -80,3 +80,14 @@ func BearerToken(ctx context.Context, a *config.Auth, s *Scrubber, logger *slog.
 func TLSConfig(tc *promconfig.TLSConfig) (*tls.Config, error) {
 	return tlsConfigs.get(tc)
 }
+
+// loginAcceptedKey is the context key of WithLoginAccepted's function.
+type loginAcceptedKey struct{}
+
+// WithLoginAccepted returns a context under which a probe calls accepted as
+// soon as the server accepts its login, before the rest of the session
+// (MAIL, DATA, a delivery check) runs: whoever waits for the verdict on the
+// credentials need not wait for the whole probe.
+func WithLoginAccepted(ctx context.Context, accepted func()) context.Context {
+	return context.WithValue(ctx, loginAcceptedKey{}, accepted)
+}

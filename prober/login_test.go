@@ -1,9 +1,12 @@
 package prober
 
 import (
+	"context"
 	"encoding/base64"
 	"strings"
 	"testing"
+
+	"github.com/smtp-exporter/smtp_exporter/internal/smtptest"
 )
 
 func TestScrubberRedactsIMAPLogins(t *testing.T) {
@@ -19,5 +22,42 @@ func TestScrubberRedactsIMAPLogins(t *testing.T) {
 		if strings.Contains(got, "word") || strings.Contains(got, "SMB-token") || !strings.Contains(got, Redacted) {
 			t.Errorf("Scrub(%q) = %q", line, got)
 		}
+	}
+}
+
+// A probe under WithLoginAccepted says so once, as soon as the server
+// accepted its login and before MAIL, and not at all when the server
+// refused it.
+func TestWithLoginAccepted(t *testing.T) {
+	t.Parallel()
+	caFile := smtptest.Certs().WriteCAFile(t)
+	m := loadModule(t, moduleSpec{TLS: "starttls", CAFile: caFile, Mechanism: "PLAIN",
+		Mail: "from: probe@example.net\nto: [canary@example.net]\n"})
+	for _, tc := range []struct {
+		name     string
+		password string
+		want     int
+	}{
+		{"accepted", testPassword, 1},
+		{"refused", "not-" + testPassword, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srv := smtptest.NewServer(t, smtptest.Options{TLS: smtptest.StartTLS, Username: testUser, Password: tc.password})
+			calls := 0
+			ctx := WithLoginAccepted(context.Background(), func() {
+				calls++
+				if srv.SawCommand("MAIL") {
+					t.Error("called after MAIL was sent")
+				}
+			})
+			r, log := runProbeCtx(t, ctx, target(srv), m)
+			if calls != tc.want {
+				t.Errorf("called %d times, want %d (probe: success %v, failure %v)\n%s", calls, tc.want, r.Success, r.Failure, log)
+			}
+			if tc.want > 0 && !srv.SawCommand("MAIL") {
+				t.Errorf("the session stopped after the login: %v", r.Failure)
+			}
+		})
 	}
 }

@@ -70,6 +70,9 @@ func (p *probe) auth() bool {
 		return p.fail(PhaseAuth, reason, err)
 	}
 	p.r.AuthSuccess = true
+	if accepted, ok := p.ctx.Value(loginAcceptedKey{}).(func()); ok {
+		accepted()
+	}
 	if p.smtp.ExpectAuthRejected {
 		return p.fail(PhaseAuth, ReasonAuthUnexpectedlyAccepted,
 			errors.New("the server accepted credentials that expect_auth_rejected says must be refused"))
