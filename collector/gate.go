@@ -131,10 +131,12 @@ type Hold struct {
 //     login of that account, whatever the module and target, for the
 //     refused module's auth_failure_backoff. After the hold, one login
 //     decides: other requests of the account are held until it ends.
-//   - One login of an account runs at a time: a request of another module
-//     or address of the account waits for the running one's verdict, so
-//     that a wrong password is refused once, not once per module scraped
-//     in the same instant.
+//   - Until a login of an account with its secret was accepted, one login
+//     of it runs at a time: a request of another module or address of the
+//     account waits for the running one's verdict, so that a wrong
+//     password is refused once, not once per module scraped in the same
+//     instant. Once the server accepted the secret, logins run side by side
+//     again, until one is not accepted.
 //
 // Only a probe that runs takes a --probe.max-concurrent slot. Stored results
 // are bounded and slim; no secret is kept, only the account's SHA-256. It is
@@ -157,6 +159,9 @@ type gate struct {
 	// failures whatever the password) to the flight logging in as it,
 	// until the server accepted the login or the flight ended.
 	logins map[[sha256.Size]byte]*flight
+	// accepted maps an account's ID to the secret the server accepted at
+	// its last login, whose logins need not wait for one another.
+	accepted map[[sha256.Size]byte][sha256.Size]byte
 	// stored maps a key to its element in lru, whose value is *storedResult;
 	// the front of lru is the most recently used.
 	stored map[resultKey]*list.Element
@@ -277,6 +282,7 @@ func newGate(limit, maxConcurrent int) *gate {
 		m:        newGateMetrics(),
 		flights:  map[resultKey]*flight{},
 		logins:   map[[sha256.Size]byte]*flight{},
+		accepted: map[[sha256.Size]byte][sha256.Size]byte{},
 		stored:   map[resultKey]*list.Element{},
 		lru:      list.New(),
 		accounts: map[config.Account]*account{},
@@ -342,8 +348,10 @@ func (g *gate) decide(ctx context.Context, req gateRequest, run func() *Entry) (
 		g.flights[req.key] = f
 		var decider *account
 		if req.hasAccount {
-			f.verdict = make(chan struct{})
-			g.logins[req.account.ID] = f
+			if !g.trusted(req) {
+				f.verdict = make(chan struct{})
+				g.logins[req.account.ID] = f
+			}
 			if a := g.accounts[req.account]; a != nil {
 				a.deciding, decider = true, a
 			}
@@ -494,14 +502,23 @@ func (g *gate) fly(req gateRequest, f *flight, decider *account, run func() *Ent
 	return f.entry
 }
 
-// loginAccepted lets the requests waiting for the verdict on the login of
-// req's flight run their own, now that the server accepted it.
+// loginAccepted records that the server accepted req's secret, and lets
+// the requests waiting for the verdict on the login of req's flight run
+// their own. The prober calls it (prober.WithLoginAccepted).
 func (g *gate) loginAccepted(req gateRequest) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	g.accepted[req.account.ID] = req.account.Secret
 	if f := g.flights[req.key]; f != nil {
 		g.endLogin(req, f)
 	}
+}
+
+// trusted reports whether the server accepted req's secret at the
+// account's last login. g.mu must be held.
+func (g *gate) trusted(req gateRequest) bool {
+	secret, ok := g.accepted[req.account.ID]
+	return ok && secret == req.account.Secret
 }
 
 // endLogin ends f's turn as its account's login, if it has it. g.mu must be
@@ -521,6 +538,9 @@ func (g *gate) record(req gateRequest, entry *Entry) {
 	if r != nil && r.AuthAttempted {
 		g.m.logins.WithLabelValues(req.key.module, loginOutcome(r)).Inc()
 		if req.hasAccount {
+			if !r.AuthSuccess { // (loginAccepted records an acceptance)
+				delete(g.accepted, req.account.ID)
+			}
 			switch {
 			case r.AuthSuccess:
 				delete(g.accounts, req.account)

@@ -587,7 +587,7 @@ func TestGateOneLoginPerAccountAtATime(t *testing.T) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			decide(t, g, request("submission", "192.0.2.1:587", "alice", 0, time.Hour), func() *Entry {
+			g.decide(context.Background(), request("submission", "192.0.2.1:587", "alice", 0, time.Hour), func() *Entry {
 				close(loggingIn)
 				<-release
 				return r.run()
@@ -609,4 +609,72 @@ func TestGateOneLoginPerAccountAtATime(t *testing.T) {
 			t.Errorf("%d logins, want 1", n)
 		}
 	})
+}
+
+// Once the server accepted an account's secret, its logins run side by
+// side; logins with another secret, or any after one that was not
+// accepted, wait for one another again.
+func TestGateAcceptedAccountLogsInSideBySide(t *testing.T) {
+	g, clock := newTestGate(0, 0)
+	r := &runner{clock: clock}
+	r.set(true, true, "", "")
+	accept := func(req gateRequest) func() *Entry {
+		return func() *Entry {
+			g.loginAccepted(req)
+			return r.run()
+		}
+	}
+	first := request("submission", "192.0.2.1:587", "alice", 0, time.Hour)
+	decide(t, g, first, accept(first))
+
+	// waits reports whether a request of module for account waits while
+	// another login as account runs.
+	waits := func(module, account string) bool {
+		t.Helper()
+		running, release := make(chan struct{}), make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			g.decide(context.Background(), request("long", "192.0.2.9:587", account, 0, time.Hour), func() *Entry {
+				close(running)
+				<-release
+				return r.run()
+			})
+		}()
+		<-running
+		waiting := make(chan struct{})
+		g.waited = func() { close(waiting) }
+		ran, secondDone := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(secondDone)
+			g.decide(context.Background(), request(module, "192.0.2.2:465", account, 0, time.Hour), func() *Entry {
+				close(ran)
+				return r.run()
+			})
+		}()
+		waited := false
+		select {
+		case <-ran:
+		case <-waiting:
+			waited = true
+		}
+		// Both logins end before the next call.
+		close(release)
+		<-done
+		<-secondDone
+		g.waited = nil
+		return waited
+	}
+	if waits("implicit", "alice") {
+		t.Error("after an accepted login, a login of the account waited for another")
+	}
+	if !waits("implicit", "alice:another-secret") {
+		t.Error("logins with another secret than the accepted one ran side by side")
+	}
+	r.set(true, false, prober.PhaseAuth, prober.ReasonTimeout) // AUTH sent, no verdict
+	decide(t, g, request("slow", "192.0.2.3:587", "alice", 0, time.Hour), r.run)
+	r.set(true, true, "", "")
+	if !waits("other", "alice") {
+		t.Error("after a login that was not accepted, a login of the account did not wait")
+	}
 }
