@@ -335,7 +335,7 @@ func (g *gate) decide(ctx context.Context, req gateRequest, run func() *Entry) (
 		}
 		if login := g.logins[req.account.ID]; req.hasAccount && login != nil {
 			g.mu.Unlock()
-			if decided, err := g.awaitLogin(ctx, req, login); !decided {
+			if decided, err := g.await(ctx, login.verdict, req.deadline); !decided {
 				return Answer{Provenance: Shared, AwaitedLogin: true, Released: released}, err
 			}
 			continue // a refusal holds this request; an acceptance lets it log in
@@ -429,41 +429,37 @@ func (g *gate) heldWithAnotherSecret(acc config.Account, now time.Time) bool {
 // timeout produced under a shorter deadline than this request's, which
 // then has time to run its own.
 func (g *gate) wait(ctx context.Context, req gateRequest, f *flight) (ans Answer, retry bool, err error) {
+	// The probe ends by its own deadline; only an earlier one of this
+	// request's needs watching.
+	var until time.Time
+	if req.deadline.Before(f.deadline) {
+		until = req.deadline
+	}
+	if ended, err := g.await(ctx, f.done, until); !ended {
+		return Answer{Provenance: Shared}, false, err
+	}
+	if f.entry.FailureReason == prober.ReasonTimeout && f.deadline.Before(req.deadline) && time.Now().Before(req.deadline) {
+		return Answer{}, true, nil
+	}
+	return Answer{Entry: f.entry, Provenance: Shared}, false, nil
+}
+
+// await waits for done to be closed and reports whether it was. It gives up
+// when ctx ends, with ctx's error (the caller went away), or when until
+// passes, unless until is zero, with none (the request's deadline passed
+// first).
+func (g *gate) await(ctx context.Context, done <-chan struct{}, until time.Time) (bool, error) {
 	if g.waited != nil {
 		g.waited()
 	}
 	waitCtx := ctx
-	if req.deadline.Before(f.deadline) {
+	if !until.IsZero() {
 		var cancel context.CancelFunc
-		waitCtx, cancel = context.WithDeadline(ctx, req.deadline)
+		waitCtx, cancel = context.WithDeadline(ctx, until)
 		defer cancel()
 	}
 	select {
-	case <-f.done:
-		if f.entry.FailureReason == prober.ReasonTimeout && f.deadline.Before(req.deadline) && time.Now().Before(req.deadline) {
-			return Answer{}, true, nil
-		}
-		return Answer{Entry: f.entry, Provenance: Shared}, false, nil
-	case <-waitCtx.Done():
-		if err := ctx.Err(); err != nil {
-			return Answer{}, false, err
-		}
-		// This request's own deadline passed first.
-		return Answer{Provenance: Shared}, false, nil
-	}
-}
-
-// awaitLogin waits for the verdict on the login of another module or
-// address as the request's account, and reports whether it came before the
-// request's deadline; the error is ctx's when the caller went away.
-func (g *gate) awaitLogin(ctx context.Context, req gateRequest, login *flight) (bool, error) {
-	if g.waited != nil {
-		g.waited()
-	}
-	waitCtx, cancel := context.WithDeadline(ctx, req.deadline)
-	defer cancel()
-	select {
-	case <-login.verdict:
+	case <-done:
 		return true, nil
 	case <-waitCtx.Done():
 		return false, ctx.Err()

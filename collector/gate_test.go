@@ -609,6 +609,34 @@ func TestGateOneLoginPerAccountAtATime(t *testing.T) {
 			t.Errorf("%d logins, want 1", n)
 		}
 	})
+
+	t.Run("caller gone", func(t *testing.T) {
+		g, clock := newTestGate(0, 0)
+		r := &runner{clock: clock}
+		r.set(true, true, "", "")
+		loggingIn, release := make(chan struct{}), make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			g.decide(context.Background(), request("submission", "192.0.2.1:587", "alice", 0, time.Hour), func() *Entry {
+				close(loggingIn)
+				<-release
+				return r.run()
+			})
+		}()
+		<-loggingIn
+		ctx, cancel := context.WithCancel(context.Background())
+		g.waited = cancel // the caller goes away as soon as it waits
+		_, err := g.decide(ctx, request("implicit", "192.0.2.2:465", "alice", 0, time.Hour), r.run)
+		close(release)
+		<-done
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("a caller gone while waiting for the login: error %v, want %v", err, context.Canceled)
+		}
+		if n := r.calls.Load(); n != 1 {
+			t.Errorf("%d logins, want 1", n)
+		}
+	})
 }
 
 // Once the server accepted an account's secret, its logins run side by

@@ -231,9 +231,12 @@ func (h *Handler) answer(ctx context.Context, target, moduleName string, module 
 	defer cancel()
 	dest := h.resolve(probeCtx, target, &module.SMTP)
 	req := h.gateRequest(module, moduleName, text, dest, deadline)
-	probeCtx = prober.WithLoginAccepted(probeCtx, func() { h.gate.loginAccepted(req) })
 	ans, err := h.gate.decide(ctx, req, func() *Entry {
-		entry := h.run(probeCtx, dest, target, moduleName, module, text, timeout)
+		runCtx := probeCtx
+		if req.hasAccount {
+			runCtx = prober.WithLoginAccepted(probeCtx, func() { h.gate.loginAccepted(req) })
+		}
+		entry := h.run(runCtx, dest, target, moduleName, module, text, timeout)
 		h.history.Add(entry)
 		return entry
 	})
