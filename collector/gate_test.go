@@ -580,29 +580,15 @@ func TestGateOneLoginPerAccountAtATime(t *testing.T) {
 	}
 
 	t.Run("deadline", func(t *testing.T) {
-		g, clock := newTestGate(0, 0)
-		r := &runner{clock: clock}
-		r.set(true, true, "", "")
-		loggingIn, release := make(chan struct{}), make(chan struct{})
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			g.decide(context.Background(), request("submission", "192.0.2.1:587", "alice", 0, time.Hour), func() *Entry {
-				close(loggingIn)
-				<-release
-				return r.run()
-			})
-		}()
-		<-loggingIn
+		g, r, end := loginRunning(t)
 		late := request("implicit", "192.0.2.2:465", "alice", 0, time.Hour)
 		late.deadline = time.Now() // passed already: it cannot wait
 		ans := decide(t, g, late, r.run)
-		close(release)
-		<-done
+		end()
 		if ans.Provenance != Shared || ans.Entry != nil || !ans.AwaitedLogin {
 			t.Errorf("past its deadline: %+v", ans)
 		}
-		if got, want := notice(ans, &Entry{}, &config.Module{}, clock.Now()), "Timed out waiting for another module's login of the same account"; !strings.HasPrefix(got, want) {
+		if got, want := notice(ans, &Entry{}, &config.Module{}, r.clock.Now()), "Timed out waiting for another module's login of the same account"; !strings.HasPrefix(got, want) {
 			t.Errorf("notice %q, want it to begin %q", got, want)
 		}
 		if n := r.calls.Load(); n != 1 {
@@ -611,25 +597,11 @@ func TestGateOneLoginPerAccountAtATime(t *testing.T) {
 	})
 
 	t.Run("caller gone", func(t *testing.T) {
-		g, clock := newTestGate(0, 0)
-		r := &runner{clock: clock}
-		r.set(true, true, "", "")
-		loggingIn, release := make(chan struct{}), make(chan struct{})
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			g.decide(context.Background(), request("submission", "192.0.2.1:587", "alice", 0, time.Hour), func() *Entry {
-				close(loggingIn)
-				<-release
-				return r.run()
-			})
-		}()
-		<-loggingIn
+		g, r, end := loginRunning(t)
 		ctx, cancel := context.WithCancel(context.Background())
 		g.waited = cancel // the caller goes away as soon as it waits
 		_, err := g.decide(ctx, request("implicit", "192.0.2.2:465", "alice", 0, time.Hour), r.run)
-		close(release)
-		<-done
+		end()
 		if !errors.Is(err, context.Canceled) {
 			t.Errorf("a caller gone while waiting for the login: error %v, want %v", err, context.Canceled)
 		}
@@ -704,5 +676,28 @@ func TestGateAcceptedAccountLogsInSideBySide(t *testing.T) {
 	r.set(true, true, "", "")
 	if !waits("other", "alice") {
 		t.Error("after a login that was not accepted, a login of the account did not wait")
+	}
+}
+
+// loginRunning starts a login of alice's that the server will accept, and
+// returns once it is running; end lets it finish and waits for it.
+func loginRunning(t *testing.T) (g *gate, r *runner, end func()) {
+	t.Helper()
+	g, clock := newTestGate(0, 0)
+	r = &runner{clock: clock}
+	r.set(true, true, "", "")
+	loggingIn, release, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		g.decide(context.Background(), request("submission", "192.0.2.1:587", "alice", 0, time.Hour), func() *Entry {
+			close(loggingIn)
+			<-release
+			return r.run()
+		})
+	}()
+	<-loggingIn
+	return g, r, func() {
+		close(release)
+		<-done
 	}
 }
